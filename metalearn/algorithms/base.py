@@ -1,0 +1,36 @@
+"""What every meta-learner offers the training loop.
+
+A meta-learner owns its model, takes a batch of tasks and returns each task's query loss and
+accuracy. It knows nothing of files, loggers or devices: the loop moves data and the module.
+Adding an algorithm is one file here plus one YAML in configs/algorithm/.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from metalearn.data.episodes import Episodes
+
+
+class TaskMetrics(NamedTuple):
+    loss: torch.Tensor  # [B] query loss per task (differentiable in `forward`)
+    acc: torch.Tensor   # [B] query accuracy per task
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(-1) == labels).float().mean(-1)
+
+
+class MetaLearner(nn.Module):
+    def forward(self, episodes: Episodes) -> TaskMetrics:
+        """Meta-training: query metrics whose loss carries the meta-gradient."""
+        raise NotImplementedError
+
+    def evaluate(self, episodes: Episodes) -> TaskMetrics:
+        """Meta-testing: adapt as at test time; returns detached metrics."""
+        raise NotImplementedError
+
+    def on_iteration(self, iteration: int, total: int) -> None:
+        """Hook for schedules that depend on training progress (e.g. MAML++ annealing)."""

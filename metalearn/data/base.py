@@ -1,0 +1,92 @@
+"""The one in-memory form every dataset format is turned into.
+
+Format readers (omniglot.py, miniimagenet.py, ...) stop at `FewShotDataset`; from there an
+episode is an index draw (`episodes.py`). Keeping images as uint8 keeps a mini-ImageNet split
+at ~1.3 GB instead of 5 GB of float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from metalearn.errors import DataError
+
+
+@dataclass
+class ImageSplit:
+    """All images of one meta-split, grouped by class.
+
+    images: uint8 [N, C, H, W]; labels: int64 [N], class ids 0..K-1, non-decreasing, so each
+    class is one contiguous run (classes may differ in size).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    name: str = "split"
+    counts: torch.Tensor = field(init=False)
+    offsets: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(f"{self.name} split: images must be uint8 [N, C, H, W], got "
+                            f"{self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.class_names) == 0 or self.images.shape[0] == 0:
+            raise DataError(f"{self.name} split is empty: no classes/images were found")
+        self.labels = self.labels.to(torch.int64)
+        if self.labels.shape != (self.images.shape[0],):
+            raise DataError(f"{self.name} split: {self.labels.shape[0]} labels for "
+                            f"{self.images.shape[0]} images")
+        if (self.labels[1:] < self.labels[:-1]).any():
+            raise DataError(f"{self.name} split: images must be grouped by class")
+        self.counts = torch.bincount(self.labels, minlength=len(self.class_names))
+        if (self.counts == 0).any():
+            empty = self.class_names[int((self.counts == 0).nonzero()[0])]
+            raise DataError(f"{self.name} split: class '{empty}' has no images")
+        self.offsets = torch.cumsum(self.counts, 0) - self.counts
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def to(self, device: torch.device | str) -> "ImageSplit":
+        self.images = self.images.to(device)
+        self.labels = self.labels.to(device)
+        self.counts = self.counts.to(device)
+        self.offsets = self.offsets.to(device)
+        return self
+
+
+@dataclass
+class FewShotDataset:
+    """Train/val/test splits with disjoint classes, plus per-channel normalisation."""
+
+    name: str
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        shapes = {s.image_shape for s in self.splits().values()}
+        if len(shapes) != 1:
+            raise DataError(f"{self.name}: splits have different image shapes {shapes}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise DataError(f"{self.name}: mean/std need {self.channels} values")
+
+    def splits(self) -> dict[str, ImageSplit]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.train.image_shape
+
+    @property
+    def channels(self) -> int:
+        return self.train.image_shape[0]

@@ -1,0 +1,44 @@
+"""Each configs/dataset/*.yaml, composed as train.py does, loads its fixture from
+paths.data_dir without touching the data files."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+import fixtures
+from metalearn.data.base import FewShotDataset
+from metalearn.data.episodes import EpisodeSampler
+
+CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+pytestmark = pytest.mark.usefixtures("private_cache")
+
+CASES = {  # config name -> (fixture writer, extra overrides, image shape)
+    "miniimagenet": (fixtures.make_miniimagenet, [], (3, 84, 84)),
+    "tieredimagenet": (fixtures.make_tieredimagenet, [], (3, 84, 84)),
+    "cifarfs": (fixtures.make_cifarfs, ["dataset.download=false"], (3, 32, 32)),
+    "fc100": (fixtures.make_fc100, ["dataset.download=false"], (3, 32, 32)),
+    "cub": (fixtures.make_cub, [], (3, 84, 84)),
+    "imagefolder": (fixtures.make_imagefolder, [], (3, 84, 84)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_config_loads_default_fixture_into_5way_5shot_15query_tasks(tmp_path, name):
+    make, overrides, shape = CASES[name]
+    make(tmp_path)
+    before = snapshot(tmp_path)
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset={name}", f"paths.data_dir={tmp_path}",
+                                          *overrides])
+    ds = instantiate(cfg.dataset)
+    assert isinstance(ds, FewShotDataset) and ds.image_shape == shape
+    for split in ds.splits().values():
+        episodes = EpisodeSampler(split, 5, 5, 15, ds.mean, ds.std).sample(2)
+        assert episodes.support_x.shape == (2, 25, *shape)
+        assert episodes.query_x.shape == (2, 75, *shape)
+    assert snapshot(tmp_path) == before, "loading changed, added or removed files in the data"
+
+
+def snapshot(root):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
