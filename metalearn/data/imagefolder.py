@@ -25,14 +25,14 @@ SPLITS = ("train", "val", "test")
 LAYOUT = "<root>/<class name>/<image>.{jpg,png,...} (optionally <root>/{train,val,test}.txt)"
 
 
-def load_imagefolder(root: str | Path, image_size: int = 84, channels: int = 3,
+def load_imagefolder(path: str | Path, image_size: int = 84, channels: int = 3,
                      split_ratios: Sequence[float] = (0.64, 0.16, 0.20), split_seed: int = 0,
                      mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                      name: str = "imagefolder") -> FewShotDataset:
     """`mean`/`std` null: computed from the train split's pixels."""
     if channels not in (1, 3):
         raise ConfigError(f"dataset.channels={channels}: use 3 (RGB) or 1 (grayscale)")
-    root = Path(root).expanduser()
+    root = Path(path).expanduser()
     require_dir(root, "image folder dataset", LAYOUT)
     folders = class_folders(root)
     if not folders:

@@ -42,3 +42,21 @@ def test_config_loads_default_fixture_into_5way_5shot_15query_tasks(tmp_path, na
 
 def snapshot(root):
     return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_train_runs_two_iterations_on_each_fixture(tmp_path, name):
+    from metalearn.engine.loop import train
+
+    make, overrides, _ = CASES[name]
+    make(tmp_path / "data")
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}", *overrides,
+            "algo.inner_lr=0.01", "logger=none", "device=cpu", "trainer.iterations=2",
+            "trainer.meta_batch_size=2", "trainer.eval_every=2", "trainer.val_episodes=2",
+            "trainer.test_episodes=4", "task.shots=1", "task.query=2",
+            "algo.test_adaptation_steps=1"])
+    results = train(cfg, tmp_path / "run")
+    assert results["iterations"] == 2 and 0 <= results["test_acc"] <= 1
+    assert (tmp_path / "run" / "best.pt").is_file()
