@@ -1,6 +1,7 @@
 """A real `train.py -m` multirun: one output dir, one result and one W&B run per job, and the
 offline comparison report over it."""
 import json
+import os
 import subprocess
 import sys
 
@@ -70,3 +71,15 @@ def test_compare_runs_without_runs_fails_clearly(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: no runs")
+
+
+def test_a_failing_job_does_not_end_the_multirun(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "task.ways=30,5",
+         f"hydra.sweep.dir={sweep}"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0  # the multirun still reports the failure...
+    assert "error: task.ways=30 but the val split has only 16 classes" in proc.stderr
+    assert not (sweep / "0" / "results.json").exists()
+    assert (sweep / "1" / "results.json").exists()  # ...after running the next job
