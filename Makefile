@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q numpy scipy requests tqdm gym pillow
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 	$(BIN)/python -m pip install -q hydra-core omegaconf wandb pytest
+	# sweeps: optuna<3 keeps hydra-optuna-sweeper at 1.3.0; sqlalchemy<2 for its sqlite storage
+	$(BIN)/python -m pip install -q hydra-optuna-sweeper==1.3.0 optuna==2.10.1 "sqlalchemy<2" \
+		"alembic<1.14" hydra-joblib-launcher==1.2.0 hydra-submitit-launcher==1.2.0 matplotlib
 	touch $(STAMP)
 
 .PHONY: install train test

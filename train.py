@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
@@ -22,6 +23,8 @@ def main(cfg: DictConfig) -> float:
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the sweeper records a failed job and decides; exit(2) would end the sweep
         sys.exit(2)
     return results["best_val_acc"]  # what Hydra sweepers optimise
 

@@ -43,16 +43,21 @@ def _payloads(data: bytes) -> Iterator[bytes]:
 
 
 def read_run(path: str | Path) -> dict[str, Any]:
-    """{'config': {key: value}, 'history': [{key: value}, ...], 'summary': {key: value}}."""
+    """{'config': {key: value}, 'history': [{key: value}, ...], 'summary': {key: value},
+    'run': {'id', 'name', 'group', 'tags'}}."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     config: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    run: dict[str, Any] = {}
     for payload in _payloads(Path(path).read_bytes()):
         rec = pb.Record()
         rec.ParseFromString(payload)
         kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            run = {"id": rec.run.run_id, "name": rec.run.display_name,
+                   "group": rec.run.run_group, "tags": list(rec.run.tags)}
         if kind in ("config", "run"):  # the initial config rides in the run record
             updates = rec.config.update if kind == "config" else rec.run.config.update
             for item in updates:
@@ -64,12 +69,15 @@ def read_run(path: str | Path) -> dict[str, Any]:
         elif kind == "summary":
             for item in rec.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return {"config": config, "history": history, "summary": summary}
+    return {"config": config, "history": history, "summary": summary, "run": run}
 
 
 def find_run_file(run_dir: str | Path) -> Path:
     """The `.wandb` file W&B wrote under a metalearn run directory."""
-    files = sorted(Path(run_dir).glob("wandb/*run-*/run-*.wandb"))
+    # newest by the start time in the dir name (an online run that fell back to offline
+    # leaves its failed `run-*` dir beside the `offline-run-*` one)
+    files = sorted(Path(run_dir).glob("wandb/*run-*/run-*.wandb"),
+                   key=lambda f: f.parent.name.split("-")[-2])
     if not files:
         raise FileNotFoundError(f"no W&B run file under {run_dir}/wandb")
     return files[-1]
