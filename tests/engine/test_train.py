@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -41,7 +42,10 @@ def test_training_beats_chance_on_a_learnable_task(tmp_path):
 def test_wandb_offline_run_file_holds_config_and_history(tmp_path):
     cfg = compose_cfg(*FAST, "logger=wandb", "algo.inner_lr=0.0321")
     train(cfg, tmp_path)
-    run = read_run(find_run_file(tmp_path))
+    deadline = time.time() + 30  # wandb's writer process may flush just after finish() returns
+    while "test_acc" not in (run := read_run(find_run_file(tmp_path)))["summary"]:
+        assert time.time() < deadline, "W&B run file has no summary"
+        time.sleep(0.5)
     assert run["config"]["algo"]["inner_lr"] == 0.0321
     assert any("train/loss" in h for h in run["history"])
     assert any("val/acc" in h for h in run["history"])
