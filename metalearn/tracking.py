@@ -16,11 +16,25 @@ from omegaconf import DictConfig, OmegaConf
 
 
 class RunLogger:
-    def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, out_dir: Path, metrics_offset: int = 0,
+                 enabled: bool = True) -> None:
+        """`metrics_offset`: bytes of an earlier metrics.jsonl to keep (what a resumed
+        checkpoint had seen), so lines logged after that checkpoint are not duplicated.
+        `enabled=False` (non-zero ranks under torchrun) logs nothing."""
         self.out_dir = out_dir
-        self.metrics_file = open(out_dir / "metrics.jsonl", "a", buffering=1)
         self.run = None
         self.mode = None
+        self.metrics_file = None
+        if not enabled:
+            return
+        path = out_dir / "metrics.jsonl"
+        if path.exists():
+            if path.stat().st_size < metrics_offset:
+                warnings.warn(f"{path} is shorter than when the checkpoint was saved: some "
+                              f"metric lines before the resume point are missing", stacklevel=2)
+            else:
+                os.truncate(path, metrics_offset)
+        self.metrics_file = open(path, "a", buffering=1)
         lcfg = cfg.get("logger") or {}
         if lcfg.get("backend", "none") == "wandb":
             self._start_wandb(cfg, lcfg)
@@ -49,7 +63,13 @@ class RunLogger:
                       f"{self.metrics_file.name}. Set logger=none to silence this.", stacklevel=3)
         self.run = None
 
+    @property
+    def metrics_offset(self) -> int:
+        return self.metrics_file.tell() if self.metrics_file is not None else 0
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.metrics_file is None:
+            return
         self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.run is not None:
             try:
@@ -68,12 +88,15 @@ class RunLogger:
     def run_id(self) -> str | None:
         return self.run.id if self.run is not None else None
 
-    def finish(self, exit_code: int = 0) -> None:
-        self.metrics_file.close()
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
         if self.run is None:
             return
         run_dir = self.run.dir
         try:
+            if preempted:  # shown as "preempted" in W&B until the resumed job continues it
+                self.run.mark_preempting()
             self.run.finish(exit_code=exit_code)
         except Exception as e:
             warnings.warn(f"W&B finish failed ({type(e).__name__}: {e})", stacklevel=2)
