@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
 from metalearn.engine.loop import train
+from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from metalearn.errors import MetalearnError
 
 
@@ -18,6 +19,9 @@ from metalearn.errors import MetalearnError
 def main(cfg: DictConfig) -> float:
     try:
         results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except Preempted as e:  # last.pt is saved: a requeued job continues with resume=auto
+        print(f"preempted: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
     except Exception as e:
         cause = _user_error(e)
         if cause is None:

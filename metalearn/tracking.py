@@ -58,14 +58,28 @@ def job_identity(cfg: DictConfig) -> tuple[str | None, str | None]:
 
 
 class RunLogger:
-    def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, out_dir: Path, metrics_offset: int = 0,
+                 enabled: bool = True) -> None:
+        """`metrics_offset`: bytes of an earlier metrics.jsonl to keep (what a resumed
+        checkpoint had seen), so lines logged after that checkpoint are not duplicated.
+        `enabled=False` (non-zero ranks under torchrun) logs nothing."""
         self.out_dir = out_dir
-        self.metrics_file = open(out_dir / "metrics.jsonl", "a", buffering=1)
         self.run = None
         self._broken = None  # a run that failed mid-job: no more logging, still finished
         self.mode = None
         self._final: dict[str, Any] = {}
         self.lcfg = cfg.get("logger") or {}
+        self.metrics_file = None
+        if not enabled:
+            return
+        path = out_dir / "metrics.jsonl"
+        if path.exists():
+            if path.stat().st_size < metrics_offset:
+                warnings.warn(f"{path} is shorter than when the checkpoint was saved: some "
+                              f"metric lines before the resume point are missing", stacklevel=2)
+            else:
+                os.truncate(path, metrics_offset)
+        self.metrics_file = open(path, "a", buffering=1)
         if self.lcfg.get("backend", "none") == "wandb":
             self._start_wandb(cfg)
 
@@ -110,7 +124,13 @@ class RunLogger:
                    f"{self.metrics_file.name}. Set logger=none to silence this.")
         self._broken, self.run = self.run, None
 
+    @property
+    def metrics_offset(self) -> int:
+        return self.metrics_file.tell() if self.metrics_file is not None else 0
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.metrics_file is None:
+            return
         self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.run is not None:
             try:
@@ -141,8 +161,9 @@ class RunLogger:
         art.add_file(str(best))
         self.run.log_artifact(art, aliases=["best"])
 
-    def finish(self, exit_code: int = 0) -> None:
-        self.metrics_file.close()
+    def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
         if self.run is not None and exit_code == 0 and self.lcfg.get("log_checkpoint", False):
             try:
                 self._log_checkpoint()
@@ -156,6 +177,8 @@ class RunLogger:
         # job's metrics in a one-process multirun.
         try:
             run_dir = Path(run.dir).parent
+            if preempted:  # shown as "preempted" in W&B until the resumed job continues it
+                run.mark_preempting()
             run.finish(exit_code=exit_code)
         except Exception as e:
             if not broken:  # a broken run has had its warning

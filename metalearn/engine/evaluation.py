@@ -7,6 +7,7 @@ import torch
 
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.episodes import EpisodeSampler
+from metalearn.engine.distributed import World
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -18,18 +19,25 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 
 def evaluate(algo: MetaLearner, sampler: EpisodeSampler, episodes: int, batch_size: int,
-             seed: int) -> dict[str, float]:
-    """Accuracy over `episodes` tasks; the same `seed` always gives the same tasks."""
+             seed: int, world: World | None = None) -> dict[str, float]:
+    """Accuracy over `episodes` tasks; the same `seed` always gives the same tasks.
+
+    Under torchrun each rank adapts to every world.size-th batch, but draws all of them: the
+    episodes, and so the result, do not depend on the number of processes."""
+    world = world or World()
     sampler.generator.manual_seed(seed)
-    accs, losses = [], []
+    accs, losses = torch.zeros(episodes), torch.zeros(episodes)
     was_training = algo.training
     algo.eval()
     with torch.no_grad():
-        for start in range(0, episodes, batch_size):
-            m = algo.evaluate(sampler.sample(min(batch_size, episodes - start)))
-            accs.append(m.acc.float().cpu())
-            losses.append(m.loss.float().cpu())
+        for k, start in enumerate(range(0, episodes, batch_size)):
+            batch = sampler.sample(min(batch_size, episodes - start))
+            if k % world.size == world.rank:
+                m = algo.evaluate(batch)
+                accs[start : start + len(batch)] = m.acc.float().cpu()
+                losses[start : start + len(batch)] = m.loss.float().cpu()
     algo.train(was_training)
-    acc, ci = mean_ci95(torch.cat(accs))
-    return {"acc": acc, "acc_ci95": ci, "loss": float(torch.cat(losses).mean()),
-            "episodes": episodes}
+    # each episode was scored by exactly one rank, the others hold 0: the sum is exact
+    accs, losses = world.sum(accs), world.sum(losses)
+    acc, ci = mean_ci95(accs)
+    return {"acc": acc, "acc_ci95": ci, "loss": float(losses.mean()), "episodes": episodes}

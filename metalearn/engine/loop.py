@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +24,12 @@ from tqdm import tqdm
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import EpisodeSampler
-from metalearn.engine import checkpoint
+from metalearn.engine import checkpoint, distributed
+from metalearn.engine.distributed import World, resolve_device  # noqa: F401  (public here too)
 from metalearn.engine.evaluation import evaluate
+from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.errors import ConfigError, TrainingError
 from metalearn.tracking import RunLogger
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available: use device=auto or cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -52,81 +48,160 @@ def build(cfg: DictConfig, device: torch.device) -> tuple[FewShotDataset, MetaLe
 
 def samplers(cfg: DictConfig, data: FewShotDataset, device: torch.device,
              ways: int | None = None, shots: int | None = None,
-             query: int | None = None) -> dict[str, EpisodeSampler]:
+             query: int | None = None, rank: int = 0) -> dict[str, EpisodeSampler]:
     t = cfg.task
     where = device if cfg.trainer.data_on_device else torch.device("cpu")
-    return {name: EpisodeSampler(split, ways or t.ways, shots or t.shots, query or t.query,
-                                 data.mean, data.std, seed=cfg.seed + i, device=where)
-            for i, (name, split) in enumerate(data.splits().items())}
+    out = {name: EpisodeSampler(split, ways or t.ways, shots or t.shots, query or t.query,
+                                data.mean, data.std, seed=cfg.seed + i, device=where)
+           for i, (name, split) in enumerate(data.splits().items())}
+    # each rank draws its own training tasks; rank 0 keeps the single-process stream
+    out["train"].generator.manual_seed(cfg.seed + (rank << 32))
+    return out
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    world, device = distributed.setup(cfg.device)  # a world of one unless under torchrun
+    try:
+        return _train(cfg, Path(out_dir), world, device)
+    finally:
+        distributed.teardown(world)
+
+
+def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -> dict[str, Any]:
+    # resume=<run dir> continues that run with its saved config; true/auto use this out_dir
+    mode = cfg.get("resume") or False
+    own_dir = isinstance(mode, str) and mode != "auto"
+    if own_dir:
+        out_dir = Path(mode)
+    found = checkpoint.latest(out_dir, verbose=world.is_main) if mode else None
+    if found is None and mode not in (False, "auto"):
+        raise ConfigError(f"resume={mode} but {out_dir} holds no checkpoint "
+                          f"({', '.join(checkpoint.RESUMABLE)}): pass the run's directory as "
+                          f"hydra.run.dir=<dir> (or resume=<dir>), or drop resume")
+    ckpt = found[0] if found else None
+    if ckpt is not None:
+        cfg = checkpoint.resume_config(cfg, ckpt, use_saved=own_dir)
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     tc = cfg.trainer
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
     data, algo = build(cfg, device)
-    sample = samplers(cfg, data, device)
+    world.broadcast_(algo)
+    sample = samplers(cfg, data, device, rank=world.rank)
+    generators = {k: s.generator for k, s in sample.items()}
     opt = instantiate(cfg.optimizer, params=algo.parameters())
-    logger = RunLogger(cfg, out_dir)
+    scheduler = None  # a trainer.lr_schedule plugs in here; checkpoints keep its state
+    params = [p for p in algo.parameters() if p.requires_grad]
+    lo, hi = world.shard(tc.meta_batch_size)
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
-    best_val, best_it, start = -1.0, 0, time.time()
+    best_val, best_it, first_it, skipped, bad_run, trained_s = -1.0, 0, 1, 0, 0, 0.0
+    if ckpt is not None:
+        algo.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        best_val, best_it = ckpt["best_val_acc"], ckpt["best_iteration"]
+        first_it, skipped, trained_s = ckpt["iteration"] + 1, ckpt["skipped_steps"], ckpt["train_time_s"]
+        if len(ckpt["rng"]) == world.size:
+            checkpoint.restore_rng(ckpt["rng"][world.rank], generators)
+        elif world.is_main:
+            warnings.warn(f"the checkpoint was written by {len(ckpt['rng'])} processes, this run "
+                          f"has {world.size}: training continues, with fresh task streams")
+    logger = RunLogger(cfg, out_dir, metrics_offset=ckpt["metrics_bytes"] if ckpt else 0,
+                       enabled=world.is_main)
+    start = time.time()
 
-    def state(it: int) -> dict[str, Any]:
-        return {"model": algo.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
-                "best_val_acc": best_val, "config": OmegaConf.to_container(cfg, resolve=True)}
+    def save(it: int, best: bool) -> None:
+        state = {"model": algo.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "iteration": it, "best_val_acc": best_val, "best_iteration": best_it,
+                 "skipped_steps": skipped, "train_time_s": trained_s + time.time() - start,
+                 "rng": world.gather(checkpoint.rng_state(generators)),  # every rank's streams
+                 "wandb_run_id": logger.run_id, "metrics_bytes": logger.metrics_offset,
+                 "config": OmegaConf.to_container(cfg, resolve=True)}
+        if world.is_main:
+            if best:
+                checkpoint.save(state, best_path)
+            checkpoint.save_rotating(state, last_path)  # keeps the previous one as last.prev.pt
 
-    exit_code = 1
+    exit_code, preempted = 1, False
     try:
-        bar = tqdm(range(1, tc.iterations + 1), desc="meta-train", dynamic_ncols=True)
-        for it in bar:
-            algo.on_iteration(it, tc.iterations)
-            batch = sample["train"].sample(tc.meta_batch_size).to(device)
-            opt.zero_grad(set_to_none=True)
-            losses, accs = [], []
-            # Chunks bound memory; summing chunk losses scaled by 1/B gives the same gradient.
-            for chunk in batch.chunks(tc.chunk_size or len(batch)):
-                m = algo(chunk)
-                (m.loss.sum() / len(batch)).backward()
-                losses.append(m.loss.detach())
-                accs.append(m.acc.detach())
-            loss, acc = torch.cat(losses).mean().item(), torch.cat(accs).mean().item()
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"meta-loss is {loss} at iteration {it}: lower optimizer.lr or algo.inner_lr. "
-                    f"The last good checkpoint is kept at {last_path}")
-            opt.step()
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best_val=f"{max(best_val, 0):.3f}")
-            if it % tc.log_every == 0 or it == 1:
-                logger.log(it, {"train/loss": loss, "train/acc": acc,
-                                "train/lr": opt.param_groups[0]["lr"]})
-            if it % tc.eval_every == 0 or it == tc.iterations:
-                val = evaluate(algo, sample["val"], tc.val_episodes, tc.eval_batch_size, tc.eval_seed)
-                if val["acc"] > best_val:
-                    best_val, best_it = val["acc"], it
-                    checkpoint.save(state(it), best_path)
-                checkpoint.save(state(it), last_path)
-                logger.log(it, {"val/acc": val["acc"], "val/acc_ci95": val["acc_ci95"],
-                                "val/loss": val["loss"], "val/best_acc": best_val})
-        bar.close()
-        train_time = time.time() - start
+        with StopSignals() as stop:
+            bar = tqdm(range(first_it, tc.iterations + 1), desc="meta-train", dynamic_ncols=True,
+                       initial=first_it - 1, total=tc.iterations, disable=not world.is_main)
+            for it in bar:
+                algo.on_iteration(it, tc.iterations)
+                batch = sample["train"].sample(hi - lo).to(device)  # this rank's share
+                opt.zero_grad(set_to_none=True)
+                loss_sum = acc_sum = torch.zeros((), device=device)
+                # Chunks bound memory; scaling by 1/(global meta-batch) keeps the gradient the
+                # mean over all tasks, however they are split over chunks and ranks.
+                for chunk in batch.chunks(tc.chunk_size or len(batch)):
+                    m = algo(chunk)
+                    (m.loss.sum() / tc.meta_batch_size).backward()
+                    loss_sum, acc_sum = loss_sum + m.loss.detach().sum(), acc_sum + m.acc.sum()
+                world.sum_grads(params)
+                # one reduction for the metrics and for "a rank was told to stop"
+                stats = world.sum(torch.stack([loss_sum, acc_sum,
+                                               torch.tensor(float(stop.requested), device=device)]))
+                loss, acc, stops = (stats / tc.meta_batch_size).tolist()
+                stopping = stops > 0
+                finite = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+                if math.isfinite(loss) and torch.stack(finite).all().item():
+                    opt.step()
+                    bad_run = 0
+                else:  # skip the step: weights and optimizer state stay as they were
+                    skipped, bad_run = skipped + 1, bad_run + 1
+                    logger.log(it, {"train/skipped_steps": skipped})
+                    if bad_run >= tc.max_bad_steps:
+                        raise TrainingError(
+                            f"meta-loss or meta-gradient was NaN/Inf for {bad_run} iterations in "
+                            f"a row (up to iteration {it}, loss {loss}): lower optimizer.lr or "
+                            f"algo.inner_lr, or raise trainer.max_bad_steps. The last good "
+                            f"checkpoint is kept at {last_path}")
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best_val=f"{max(best_val, 0):.3f}")
+                if it % tc.log_every == 0 or it == 1:
+                    logger.log(it, {"train/loss": loss, "train/acc": acc,
+                                    "train/lr": opt.param_groups[0]["lr"]})
+                evaluated, improved = it % tc.eval_every == 0 or it == tc.iterations, False
+                if evaluated:
+                    val = evaluate(algo, sample["val"], tc.val_episodes, tc.eval_batch_size,
+                                   tc.eval_seed, world)
+                    improved = val["acc"] > best_val and bad_run == 0
+                    if improved:
+                        best_val, best_it = val["acc"], it
+                    logger.log(it, {"val/acc": val["acc"], "val/acc_ci95": val["acc_ci95"],
+                                    "val/loss": val["loss"], "val/best_acc": best_val})
+                # After this iteration's log lines, so a resume cuts metrics.jsonl right here;
+                # never while steps are skipped, so the last good checkpoint survives.
+                if bad_run == 0 and (evaluated or stopping or it % tc.checkpoint_every == 0):
+                    save(it, best=improved)
+                if stopping:
+                    exit_code, preempted = PREEMPTED_EXIT_CODE, True
+                    stop.hand_over()  # under submitit: requeue the job (and exit)
+                    raise Preempted(stop.signum or signal.SIGTERM, it, str(last_path))
+            bar.close()
+        train_time = trained_s + time.time() - start
 
+        world.barrier()  # rank 0 has written best.pt
         algo.load_state_dict(checkpoint.load(best_path, device)["model"])
-        test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed)
+        test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed,
+                        world)
         results = {"test_acc": test["acc"], "test_acc_ci95": test["acc_ci95"],
                    "test_loss": test["loss"], "test_episodes": tc.test_episodes,
                    "best_val_acc": best_val, "best_iteration": best_it,
-                   "iterations": tc.iterations, "train_time_s": train_time,
+                   "iterations": tc.iterations, "skipped_steps": skipped,
+                   "world_size": world.size, "train_time_s": train_time,
                    "wall_time_s": time.time() - start, "device": str(device)}
         logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"]})
         logger.summary(results)
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-        print(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
-              f"({tc.test_episodes} episodes), best val {100 * best_val:.2f}% at iteration "
-              f"{best_it}; results in {out_dir}")
+        if world.is_main:
+            (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+            print(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
+                  f"({tc.test_episodes} episodes), best val {100 * best_val:.2f}% at iteration "
+                  f"{best_it}; results in {out_dir}")
         exit_code = 0
         return results
     finally:
-        logger.finish(exit_code)
+        logger.finish(exit_code, preempted=preempted)
