@@ -6,7 +6,7 @@ import math
 import torch
 
 from metalearn.algorithms.base import MetaLearner
-from metalearn.data.episodes import EpisodeSampler
+from metalearn.data.episodes import EpisodeSampler, Preprocess
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -18,15 +18,22 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 
 def evaluate(algo: MetaLearner, sampler: EpisodeSampler, episodes: int, batch_size: int,
-             seed: int) -> dict[str, float]:
-    """Accuracy over `episodes` tasks; the same `seed` always gives the same tasks."""
+             seed: int, preprocess: Preprocess | None = None) -> dict[str, float]:
+    """Accuracy over `episodes` tasks; the same `seed` always gives the same tasks.
+
+    `preprocess` turns the sampler's uint8 episodes into the model's input (default: the
+    dataset's normalisation onto the model's device; never augmented).
+    """
+    if preprocess is None:
+        device = next(algo.parameters()).device
+        preprocess = Preprocess(sampler.mean, sampler.std, device)
     sampler.generator.manual_seed(seed)
     accs, losses = [], []
     was_training = algo.training
     algo.eval()
     with torch.no_grad():
         for start in range(0, episodes, batch_size):
-            m = algo.evaluate(sampler.sample(min(batch_size, episodes - start)))
+            m = algo.evaluate(preprocess(sampler.sample(min(batch_size, episodes - start))))
             accs.append(m.acc.float().cpu())
             losses.append(m.loss.float().cpu())
     algo.train(was_training)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
-from metalearn.data.episodes import EpisodeSampler
+from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
 from metalearn.engine import checkpoint
 from metalearn.engine.evaluation import evaluate
 from metalearn.errors import ConfigError, TrainingError
@@ -60,6 +60,31 @@ def samplers(cfg: DictConfig, data: FewShotDataset, device: torch.device,
             for i, (name, split) in enumerate(data.splits().items())}
 
 
+AMP = {"none": None, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, amp: str):
+    if amp not in AMP:
+        raise ConfigError(f"trainer.amp={amp!r}: choose one of {', '.join(AMP)}")
+    return torch.autocast(device.type, dtype=AMP[amp] or torch.bfloat16, enabled=amp != "none")
+
+
+def meta_step(algo: MetaLearner, batch: Episodes, chunk_size: int | None = None,
+              amp: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward + backward of one meta-batch into `.grad`; per-task (loss, acc), detached.
+
+    Chunks bound memory; summing chunk losses scaled by 1/B gives the same gradient.
+    """
+    losses, accs = [], []
+    for chunk in batch.chunks(chunk_size or len(batch)):
+        with autocast(batch.support_x.device, amp):
+            m = algo(chunk)
+        (m.loss.float().sum() / len(batch)).backward()
+        losses.append(m.loss.detach().float())
+        accs.append(m.acc.detach())
+    return torch.cat(losses), torch.cat(accs)
+
+
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +94,11 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     data, algo = build(cfg, device)
     sample = samplers(cfg, data, device)
+    # uint8 episodes become normalised floats here, on the training device.
+    prep = Preprocess(data.mean, data.std, device, augment=tc.augment,
+                      channels_last=tc.channels_last)
+    if tc.channels_last:
+        algo.to(memory_format=torch.channels_last)
     opt = instantiate(cfg.optimizer, params=algo.parameters())
     logger = RunLogger(cfg, out_dir)
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
@@ -83,16 +113,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         bar = tqdm(range(1, tc.iterations + 1), desc="meta-train", dynamic_ncols=True)
         for it in bar:
             algo.on_iteration(it, tc.iterations)
-            batch = sample["train"].sample(tc.meta_batch_size).to(device)
+            batch = prep(sample["train"].sample(tc.meta_batch_size), train=True)
             opt.zero_grad(set_to_none=True)
-            losses, accs = [], []
-            # Chunks bound memory; summing chunk losses scaled by 1/B gives the same gradient.
-            for chunk in batch.chunks(tc.chunk_size or len(batch)):
-                m = algo(chunk)
-                (m.loss.sum() / len(batch)).backward()
-                losses.append(m.loss.detach())
-                accs.append(m.acc.detach())
-            loss, acc = torch.cat(losses).mean().item(), torch.cat(accs).mean().item()
+            losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp)
+            loss, acc = losses.mean().item(), accs.mean().item()
             if not math.isfinite(loss):
                 raise TrainingError(
                     f"meta-loss is {loss} at iteration {it}: lower optimizer.lr or algo.inner_lr. "
@@ -103,7 +127,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 logger.log(it, {"train/loss": loss, "train/acc": acc,
                                 "train/lr": opt.param_groups[0]["lr"]})
             if it % tc.eval_every == 0 or it == tc.iterations:
-                val = evaluate(algo, sample["val"], tc.val_episodes, tc.eval_batch_size, tc.eval_seed)
+                val = evaluate(algo, sample["val"], tc.val_episodes, tc.eval_batch_size, tc.eval_seed,
+                               prep)
                 if val["acc"] > best_val:
                     best_val, best_it = val["acc"], it
                     checkpoint.save(state(it), best_path)
@@ -114,7 +139,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         train_time = time.time() - start
 
         algo.load_state_dict(checkpoint.load(best_path, device)["model"])
-        test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed)
+        test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed,
+                        prep)
         results = {"test_acc": test["acc"], "test_acc_ci95": test["acc_ci95"],
                    "test_loss": test["loss"], "test_episodes": tc.test_episodes,
                    "best_val_acc": best_val, "best_iteration": best_it,
