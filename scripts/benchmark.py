@@ -265,9 +265,6 @@ def main() -> None:
     table = SMALL if args.small else FULL
     names = args.settings or list(table)
     rows = []
-    for name in names:
-        rows.append(bench(name, table[name], device, args.repeats, args.grad_tasks))
-        print(json.dumps(rows[-1]), flush=True)
     result = {"device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
               else platform.processor() or platform.machine(),
@@ -276,7 +273,10 @@ def main() -> None:
               "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
               "platform": platform.platform(), "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    for name in names:  # the JSON is rewritten after each setting: a timeout keeps what ran
+        rows.append(bench(name, table[name], device, args.repeats, args.grad_tasks))
+        print(json.dumps(rows[-1]), flush=True)
+        args.out.write_text(json.dumps(result, indent=2))
     print()
     print_table(rows)
     print(f"\nsaved {args.out}")

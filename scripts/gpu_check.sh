@@ -10,10 +10,10 @@
 # stays under ~8 minutes. Logs and a summary table land in $OUT (default outputs/gpu_check).
 set -x
 export PYTHONUNBUFFERED=1
-cd "$(dirname "$0")/.."
+cd "${REPO:-$(dirname "$0")/..}"
 OUT="${OUT:-outputs/gpu_check}"
 mkdir -p "$OUT"
-PY="${PY:-python3}"
+export PY="${PY:-python3}"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 T0=$SECONDS
@@ -34,12 +34,12 @@ step() {  # step NAME SECONDS CMD...: run with a timeout, log to $OUT/NAME.log, 
 
 # (a) learn2learn from its sdist, plus the pure-Python wheels, on PYTHONPATH (nothing installed
 # into the image's site-packages).
-BUILD=/tmp/metalearn_gpu
+export BUILD=/tmp/metalearn_gpu
 mkdir -p "$BUILD/site"
 setup() {
     if [ -d .gpu/learn2learn-0.2.0 ]; then cp -r .gpu/learn2learn-0.2.0 "$BUILD/"
     else tar xzf .gpu/learn2learn-0.2.0.tar.gz -C "$BUILD"; fi
-    (cd "$BUILD/learn2learn-0.2.0" && "$PY" setup.py build_ext --inplace) || return 1
+    (cd "$BUILD/learn2learn-0.2.0" && "$PY" setup.py build_ext --inplace -j 4) || return 1
     for w in .gpu/gym-*.whl .gpu/gym_notices-*.whl .gpu/hydra_core-*.whl .gpu/omegaconf-*.whl \
              .gpu/antlr4_python3_runtime-*.whl; do
         [ -e "$w" ] && "$PY" -m pip install --no-index --no-deps --target "$BUILD/site" "$w"
@@ -50,15 +50,16 @@ setup() {
     PYTHONPATH="$PWD:$BUILD/learn2learn-0.2.0:$BUILD/site" "$PY" -c \
         "import metalearn, learn2learn, hydra, omegaconf; print('imports ok', learn2learn.__version__, hydra.__version__)"
 }
-step setup 150 setup
+export -f setup  # `timeout` runs programs, not functions
+step setup 120 bash -c setup
 export PYTHONPATH="$PWD:$BUILD/learn2learn-0.2.0:$BUILD/site${PYTHONPATH:+:$PYTHONPATH}"
 
 # (b) GPU-marked tests anywhere, then the whole engine test file (CPU float64 checks included).
-step gpu_tests 120 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -rs
-step engine_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/algorithms/test_engine.py
+step gpu_tests 75 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -rs
+step engine_tests 75 "$PY" -m pytest -q -p no:cacheprovider tests/algorithms/test_engine.py
 
 # (c) the benchmark at full settings, then a short table last.
-step benchmark 240 "$PY" scripts/benchmark.py --device cuda --repeats 5 --out "$OUT/engine.json"
+step benchmark 200 "$PY" scripts/benchmark.py --device cuda --repeats 5 --out "$OUT/engine.json"
 
 set +x
 echo
