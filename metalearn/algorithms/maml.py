@@ -8,7 +8,7 @@ Engines (`algo.engine`):
   * `l2l`: learn2learn's `MAML` wrapper, one `clone()`/`adapt()` per task: the reference.
   * `batched`: all tasks at once with torch.func (`algorithms/functional.py`); same
     meta-gradient to float64 round-off, several times faster on a GPU.
-  * `auto`: `batched` on CUDA; on CPU the faster of the two there (see CPU_ENGINE).
+  * `auto`: `batched` on CUDA; on CPU `CPU_ENGINE` (see there).
 Subclasses (Meta-SGD, ANIL, MAML++) reuse the batched engine by overriding `inner_update`
 and/or `adapts`.
 """
@@ -25,9 +25,11 @@ from metalearn.data.episodes import Episodes
 from metalearn.errors import ConfigError
 
 ENGINES = ("auto", "batched", "l2l")
-# scripts/benchmark.py on a 2-core CPU (docs/performance.md): vmap buys nothing there, CPU time
-# is convolutions; the batched engine was still not slower, and it is the one that scales.
-CPU_ENGINE = "batched"
+# On a CPU, time goes to convolutions and vmap buys little: ENGINEERING.md §4 measured 0.8-1.1x
+# at full sizes; scripts/benchmark.py --small measured 1.5-2.8x on tiny nets (docs/performance.md).
+# Kept on learn2learn's engine until a full-size CPU measurement settles it: float32 training
+# trajectories of the two engines differ chaotically, and the CPU learning tests are tuned on l2l.
+CPU_ENGINE = "l2l"
 
 
 class MAML(MetaLearner):
