@@ -3,8 +3,8 @@
 Both draw N-way tasks of (shots + query) images per class from one in-memory uint8 dataset,
 mini-ImageNet sized by default (64 classes x 600 images x 3x84x84, ~0.8 GB). learn2learn's
 pipeline is MetaDataset + NWays/KShots/LoadData/RemapLabels and returns uint8 images;
-EpisodeSampler returns normalised float images split into support and query, so it does
-strictly more work per task. EpisodeSampler is timed drawing 1 task per call and a meta-batch
+EpisodeSampler returns uint8 images split into support and query (normalisation happens later,
+on the training device). EpisodeSampler is timed drawing 1 task per call and a meta-batch
 of --batch tasks per call (how training uses it).
 
     python scripts/benchmark_sampler.py [--small] [--seconds 3] [--threads N] [--out FILE.json]

@@ -1,11 +1,15 @@
 """N-way K-shot episodes drawn by tensor indexing from an `ImageSplit`.
 
 One draw of a whole meta-batch is a handful of tensor ops on the split's device, so sampling
-costs microseconds per task whether the split lives on the CPU or the GPU.
+costs microseconds per task whether the split lives on the CPU or the GPU. The sampler returns
+uint8 images; `Preprocess` turns them into normalised floats on the training device, right
+before the algorithm (a 4x smaller copy to the device, and no float tensors on the CPU, where
+writing 32 tasks of fresh floats made sampling memory-bound).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -15,7 +19,8 @@ from metalearn.errors import ConfigError
 
 @dataclass
 class Episodes:
-    """B tasks. x: float [B, ways*n, C, H, W] (normalised); y: int64 [B, ways*n] in 0..ways-1."""
+    """B tasks. x: [B, ways*n, C, H, W], uint8 from the sampler, float once `Preprocess`ed;
+    y: int64 [B, ways*n] in 0..ways-1."""
 
     support_x: torch.Tensor
     support_y: torch.Tensor
@@ -38,8 +43,60 @@ class Episodes:
                         self.query_x.to(device, dtype), self.query_y.to(device))
 
 
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2 (natural images, not Omniglot)."""
+    flip = torch.rand(x.shape[:-3], device=x.device, generator=generator) < 0.5
+    return torch.where(flip[..., None, None, None], x.flip(-1), x)
+
+
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"flip": random_flip}
+
+
+class Preprocess:
+    """uint8 episodes -> normalised float episodes on `device`, optionally augmented.
+
+    `augment` (a name in AUGMENTATIONS or a function of a uint8 [..., C, H, W] batch) applies
+    to training batches only: `__call__(episodes, train=True)`.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...],
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 augment: str | Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 channels_last: bool = False) -> None:
+        if isinstance(augment, str):
+            if augment not in AUGMENTATIONS:
+                raise ConfigError(f"trainer.augment={augment!r}: choose null or one of "
+                                  f"{', '.join(AUGMENTATIONS)}")
+            augment = AUGMENTATIONS[augment]
+        self.device, self.dtype, self.augment = torch.device(device), dtype, augment
+        self.channels_last = channels_last
+        shape = (1, 1, len(mean), 1, 1)
+        # (x / 255 - mean) / std == x * scale + shift: one fused multiply-add per pixel.
+        std_t = torch.tensor(std, dtype=torch.float64)
+        self.scale = (1 / (255 * std_t)).to(device, dtype).view(shape)
+        self.shift = (-torch.tensor(mean, dtype=torch.float64) / std_t).to(device, dtype).view(shape)
+
+    def images(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if train and self.augment is not None:
+            x = self.augment(x)
+        x = torch.addcmul(self.shift, x.to(self.dtype), self.scale)
+        if self.channels_last:
+            # A [B, N] batch of NHWC images: the per-task view inside vmap is channels-last.
+            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, x.shape[:2])
+        return x
+
+    def __call__(self, episodes: Episodes, train: bool = False) -> Episodes:
+        return Episodes(self.images(episodes.support_x, train), episodes.support_y.to(self.device),
+                        self.images(episodes.query_x, train), episodes.query_y.to(self.device))
+
+
 class EpisodeSampler:
-    """Draws meta-batches of N-way, K-shot tasks with Q disjoint query images per class."""
+    """Draws meta-batches of N-way, K-shot tasks with Q disjoint query images per class.
+
+    `sample` returns uint8 images; `preprocess` (mean/std of the dataset, on the sampler's
+    device) normalises them; the loop builds its own `Preprocess` for the training device.
+    """
 
     def __init__(self, split: ImageSplit, ways: int, shots: int, query: int,
                  mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0,
@@ -59,9 +116,8 @@ class EpisodeSampler:
         self.device = torch.device(device)
         self.split = split.to(self.device)
         self.ways, self.shots, self.query = ways, shots, query
-        shape = (1, len(mean), 1, 1)
-        self.mean = torch.tensor(mean, device=self.device).view(shape)
-        self.std = torch.tensor(std, device=self.device).view(shape)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.preprocess = Preprocess(mean, std, self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -76,7 +132,7 @@ class EpisodeSampler:
         keys.masked_fill_(torch.arange(keys.shape[-1], device=dev) >= counts[..., None], 2.0)
         picks = keys.topk(n, dim=-1, largest=False).indices          # [B, W, n]
         index = s.offsets[classes][..., None] + picks
-        x = s.images[index].float().div_(255).sub_(self.mean).div_(self.std)  # [B, W, n, C, H, W]
+        x = s.images[index]                                          # uint8 [B, W, n, C, H, W]
         y = torch.arange(w, device=dev).view(1, w, 1).expand(b, w, n)
         k = self.shots
         return Episodes(x[:, :, :k].flatten(1, 2), y[:, :, :k].flatten(1),

@@ -6,7 +6,7 @@ import math
 import torch
 
 from metalearn.algorithms.base import MetaLearner
-from metalearn.data.episodes import EpisodeSampler
+from metalearn.data.episodes import EpisodeSampler, Preprocess
 from metalearn.engine.distributed import World
 
 
@@ -19,12 +19,19 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 
 def evaluate(algo: MetaLearner, sampler: EpisodeSampler, episodes: int, batch_size: int,
-             seed: int, world: World | None = None) -> dict[str, float]:
+             seed: int, world: World | None = None,
+             preprocess: Preprocess | None = None) -> dict[str, float]:
     """Accuracy over `episodes` tasks; the same `seed` always gives the same tasks.
 
     Under torchrun each rank adapts to every world.size-th batch, but draws all of them: the
-    episodes, and so the result, do not depend on the number of processes."""
+    episodes, and so the result, do not depend on the number of processes. `preprocess` turns
+    the sampler's uint8 episodes into the model's input (default: the dataset's normalisation
+    onto the model's device; never augmented).
+    """
     world = world or World()
+    if preprocess is None:
+        device = next(algo.parameters()).device
+        preprocess = Preprocess(sampler.mean, sampler.std, device)
     sampler.generator.manual_seed(seed)
     accs, losses = torch.zeros(episodes), torch.zeros(episodes)
     was_training = algo.training
@@ -33,7 +40,7 @@ def evaluate(algo: MetaLearner, sampler: EpisodeSampler, episodes: int, batch_si
         for k, start in enumerate(range(0, episodes, batch_size)):
             batch = sampler.sample(min(batch_size, episodes - start))
             if k % world.size == world.rank:
-                m = algo.evaluate(batch)
+                m = algo.evaluate(preprocess(batch))
                 accs[start : start + len(batch)] = m.acc.float().cpu()
                 losses[start : start + len(batch)] = m.loss.float().cpu()
     algo.train(was_training)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
-from metalearn.data.episodes import EpisodeSampler
+from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
 from metalearn.engine import checkpoint, distributed
 from metalearn.engine.distributed import World, resolve_device  # noqa: F401  (public here too)
 from metalearn.engine.evaluation import evaluate
@@ -59,6 +59,32 @@ def samplers(cfg: DictConfig, data: FewShotDataset, device: torch.device,
     return out
 
 
+AMP = {"none": None, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, amp: str):
+    if amp not in AMP:
+        raise ConfigError(f"trainer.amp={amp!r}: choose one of {', '.join(AMP)}")
+    return torch.autocast(device.type, dtype=AMP[amp] or torch.bfloat16, enabled=amp != "none")
+
+
+def meta_step(algo: MetaLearner, batch: Episodes, chunk_size: int | None = None,
+              amp: str = "none", total: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward + backward of one meta-batch into `.grad`; per-task (loss, acc), detached.
+
+    Chunks bound memory; scaling by 1/total (the global meta-batch, default this batch) keeps
+    the gradient the mean over all tasks, however they are split over chunks and ranks.
+    """
+    losses, accs = [], []
+    for chunk in batch.chunks(chunk_size or len(batch)):
+        with autocast(batch.support_x.device, amp):
+            m = algo(chunk)
+        (m.loss.float().sum() / (total or len(batch))).backward()
+        losses.append(m.loss.detach().float())
+        accs.append(m.acc.detach())
+    return torch.cat(losses), torch.cat(accs)
+
+
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     world, device = distributed.setup(cfg.device)  # a world of one unless under torchrun
     try:
@@ -90,6 +116,11 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
     world.broadcast_(algo)
     sample = samplers(cfg, data, device, rank=world.rank)
     generators = {k: s.generator for k, s in sample.items()}
+    # uint8 episodes become normalised floats here, on the training device.
+    prep = Preprocess(data.mean, data.std, device, augment=tc.augment,
+                      channels_last=tc.channels_last)
+    if tc.channels_last:
+        algo.to(memory_format=torch.channels_last)
     opt = instantiate(cfg.optimizer, params=algo.parameters())
     scheduler = None  # a trainer.lr_schedule plugs in here; checkpoints keep its state
     params = [p for p in algo.parameters() if p.requires_grad]
@@ -132,15 +163,10 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                        initial=first_it - 1, total=tc.iterations, disable=not world.is_main)
             for it in bar:
                 algo.on_iteration(it, tc.iterations)
-                batch = sample["train"].sample(hi - lo).to(device)  # this rank's share
+                batch = prep(sample["train"].sample(hi - lo), train=True)  # this rank's share
                 opt.zero_grad(set_to_none=True)
-                loss_sum = acc_sum = torch.zeros((), device=device)
-                # Chunks bound memory; scaling by 1/(global meta-batch) keeps the gradient the
-                # mean over all tasks, however they are split over chunks and ranks.
-                for chunk in batch.chunks(tc.chunk_size or len(batch)):
-                    m = algo(chunk)
-                    (m.loss.sum() / tc.meta_batch_size).backward()
-                    loss_sum, acc_sum = loss_sum + m.loss.detach().sum(), acc_sum + m.acc.sum()
+                losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp, tc.meta_batch_size)
+                loss_sum, acc_sum = losses.sum(), accs.sum()
                 world.sum_grads(params)
                 # one reduction for the metrics and for "a rank was told to stop"
                 stats = world.sum(torch.stack([loss_sum, acc_sum,
@@ -167,7 +193,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                 evaluated, improved = it % tc.eval_every == 0 or it == tc.iterations, False
                 if evaluated:
                     val = evaluate(algo, sample["val"], tc.val_episodes, tc.eval_batch_size,
-                                   tc.eval_seed, world)
+                                   tc.eval_seed, world, prep)
                     improved = val["acc"] > best_val and bad_run == 0
                     if improved:
                         best_val, best_it = val["acc"], it
@@ -187,7 +213,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
         world.barrier()  # rank 0 has written best.pt
         algo.load_state_dict(checkpoint.load(best_path, device)["model"])
         test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed,
-                        world)
+                        world, prep)
         results = {"test_acc": test["acc"], "test_acc_ci95": test["acc_ci95"],
                    "test_loss": test["loss"], "test_episodes": tc.test_episodes,
                    "best_val_acc": best_val, "best_iteration": best_it,

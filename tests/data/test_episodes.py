@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from metalearn.data.base import ImageSplit
-from metalearn.data.episodes import EpisodeSampler
+from metalearn.data.episodes import EpisodeSampler, Preprocess, random_flip
 from metalearn.errors import ConfigError, DataError
 
 
@@ -16,14 +16,44 @@ def indexed_split(counts, name="train"):
 
 
 def trace(x):
-    """Back from normalised pixels (mean 0, std 1/255) to global image indices."""
-    v = (x[..., 0, 0] * 1).round().long()
+    """Back from uint8 pixels, or normalised ones (mean 0, std 1/255), to global image indices."""
+    v = x[..., 0, 0].round().long()
     return v[..., 0] * 256 + v[..., 1]
 
 
 def make(split, ways, shots, query, seed=0):
     return EpisodeSampler(split, ways, shots, query, mean=(0.0, 0.0), std=(1 / 255, 1 / 255),
                           seed=seed)
+
+
+def test_sampler_returns_uint8_and_preprocess_normalises_to_float():
+    split = indexed_split([6] * 5)
+    sampler = make(split, 3, 1, 2)
+    ep = sampler.sample(4)
+    assert ep.support_x.dtype == torch.uint8 and ep.query_x.dtype == torch.uint8
+    out = sampler.preprocess(ep)
+    assert out.support_x.dtype == torch.float32
+    assert torch.equal(trace(out.support_x), trace(ep.support_x))
+    assert torch.equal(out.query_y, ep.query_y)
+    prep = Preprocess(mean=(0.5, 0.25), std=(0.2, 0.1))
+    x = prep(ep).query_x
+    want = (ep.query_x.double() / 255 - torch.tensor([0.5, 0.25]).view(1, 1, 2, 1, 1)) \
+        / torch.tensor([0.2, 0.1]).view(1, 1, 2, 1, 1)
+    assert torch.allclose(x.double(), want, atol=1e-5)
+
+
+def test_flip_augmentation_only_on_training_batches():
+    torch.manual_seed(0)
+    x = torch.arange(2 * 8 * 1 * 2 * 3, dtype=torch.uint8).view(2, 8, 1, 2, 3)
+    flipped = random_flip(x)
+    same = (flipped == x).flatten(2).all(-1)
+    mirrored = (flipped == x.flip(-1)).flatten(2).all(-1)
+    assert (same ^ mirrored).all() and same.any() and mirrored.any()  # each image one or other
+    prep = Preprocess(mean=(0.0,), std=(1 / 255,), augment="flip")
+    ep = make(indexed_split([6] * 5), 3, 1, 2).sample(8)
+    assert torch.equal(prep(ep).support_x, ep.support_x.float())  # evaluation: untouched
+    with pytest.raises(ConfigError, match="trainer.augment='rotate'"):
+        Preprocess(mean=(0.0,), std=(1.0,), augment="rotate")
 
 
 def test_episode_shapes_labels_and_disjoint_support_query():
