@@ -51,14 +51,18 @@ setup() {
         "import metalearn, learn2learn, hydra, omegaconf; print('imports ok', learn2learn.__version__, hydra.__version__)"
 }
 export -f setup  # `timeout` runs programs, not functions
-step setup 120 bash -c setup
+step setup 150 bash -c setup
 export PYTHONPATH="$PWD:$BUILD/learn2learn-0.2.0:$BUILD/site${PYTHONPATH:+:$PYTHONPATH}"
 
 # (b) GPU-marked tests anywhere, then the whole engine test file (CPU float64 checks included).
-step gpu_tests 75 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -rs
-step engine_tests 75 "$PY" -m pytest -q -p no:cacheprovider tests/algorithms/test_engine.py
+step gpu_tests 60 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -rs
+step engine_tests 60 "$PY" -m pytest -q -p no:cacheprovider tests/algorithms/test_engine.py
 
 # (c) the benchmark at full settings, then a short table last.
+# the real loop on CUDA: sampler on device, batched engine (auto), checkpoints, results.json
+step train_cuda 45 bash -c '"$PY" train.py dataset=synthetic logger=none device=cuda \
+    trainer.iterations=30 trainer.eval_every=15 trainer.val_episodes=100 trainer.test_episodes=600 \
+    hydra.run.dir=/tmp/train_run && cat /tmp/train_run/results.json' 
 step benchmark 200 "$PY" scripts/benchmark.py --device cuda --repeats 5 --out "$OUT/engine.json"
 
 set +x
