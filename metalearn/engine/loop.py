@@ -55,9 +55,24 @@ def samplers(cfg: DictConfig, data: FewShotDataset, device: torch.device,
              query: int | None = None) -> dict[str, EpisodeSampler]:
     t = cfg.task
     where = device if cfg.trainer.data_on_device else torch.device("cpu")
-    return {name: EpisodeSampler(split, ways or t.ways, shots or t.shots, query or t.query,
+    # Snell et al. 2017 train ProtoNets with more ways than they test with.
+    train_ways = t.get("train_ways") or t.ways
+    return {name: EpisodeSampler(split, ways or (train_ways if name == "train" else t.ways),
+                                 shots or t.shots, query or t.query,
                                  data.mean, data.std, seed=cfg.seed + i, device=where)
             for i, (name, split) in enumerate(data.splits().items())}
+
+
+def lr_scheduler(tc: DictConfig, opt: torch.optim.Optimizer):
+    """`trainer.lr_schedule`: none, cosine (MAML++: to lr_min over the run) or step (ProtoNets)."""
+    kind = tc.get("lr_schedule", "none") or "none"
+    if kind == "none":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.iterations, tc.lr_min)
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, tc.lr_step_size, tc.lr_gamma)
+    raise ConfigError(f"trainer.lr_schedule={kind}: use none, cosine or step")
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -69,13 +84,17 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     data, algo = build(cfg, device)
     sample = samplers(cfg, data, device)
+    if cfg.task.get("train_ways"):
+        algo.check_ways(cfg.task.train_ways)
     opt = instantiate(cfg.optimizer, params=algo.parameters())
+    sched = lr_scheduler(tc, opt)
     logger = RunLogger(cfg, out_dir)
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     best_val, best_it, start = -1.0, 0, time.time()
 
     def state(it: int) -> dict[str, Any]:
         return {"model": algo.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
+                "scheduler": sched.state_dict() if sched else None,
                 "best_val_acc": best_val, "config": OmegaConf.to_container(cfg, resolve=True)}
 
     exit_code = 1
@@ -98,6 +117,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     f"meta-loss is {loss} at iteration {it}: lower optimizer.lr or algo.inner_lr. "
                     f"The last good checkpoint is kept at {last_path}")
             opt.step()
+            if sched:
+                sched.step()
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best_val=f"{max(best_val, 0):.3f}")
             if it % tc.log_every == 0 or it == 1:
                 logger.log(it, {"train/loss": loss, "train/acc": acc,
