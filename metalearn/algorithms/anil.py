@@ -28,8 +28,7 @@ class ANIL(MetaLearner):
         self.test_adaptation_steps = test_adaptation_steps or adaptation_steps
         self.first_order = first_order
 
-    def _logits(self, sx, sy, qx, steps: int, first_order: bool) -> torch.Tensor:
-        zs, zq = self.backbone(sx), self.backbone(qx)
+    def _logits(self, zs, sy, zq, steps: int, first_order: bool) -> torch.Tensor:
         head = self.head.clone(first_order=first_order)
         for _ in range(steps):
             head.adapt(F.cross_entropy(head(zs), sy), first_order=first_order)
@@ -38,8 +37,9 @@ class ANIL(MetaLearner):
     def forward(self, episodes: Episodes) -> TaskMetrics:
         losses, accs = [], []
         for t in range(len(episodes)):
-            logits = self._logits(episodes.support_x[t], episodes.support_y[t],
-                                  episodes.query_x[t], self.adaptation_steps, self.first_order)
+            zs, zq = self.backbone(episodes.support_x[t]), self.backbone(episodes.query_x[t])
+            logits = self._logits(zs, episodes.support_y[t], zq, self.adaptation_steps,
+                                  self.first_order)
             losses.append(F.cross_entropy(logits, episodes.query_y[t]))
             accs.append(accuracy(logits.detach(), episodes.query_y[t]))
         return TaskMetrics(torch.stack(losses), torch.stack(accs))
@@ -47,10 +47,11 @@ class ANIL(MetaLearner):
     def evaluate(self, episodes: Episodes) -> TaskMetrics:
         losses, accs = [], []
         for t in range(len(episodes)):
+            with torch.no_grad():  # the backbone is fixed at test time: no graph through it
+                zs, zq = self.backbone(episodes.support_x[t]), self.backbone(episodes.query_x[t])
             with torch.enable_grad():
-                logits = self._logits(episodes.support_x[t], episodes.support_y[t],
-                                      episodes.query_x[t], self.test_adaptation_steps, True)
-            logits = logits.detach()
+                logits = self._logits(zs, episodes.support_y[t], zq, self.test_adaptation_steps,
+                                      True).detach()
             losses.append(F.cross_entropy(logits, episodes.query_y[t]))
             accs.append(accuracy(logits, episodes.query_y[t]))
         return TaskMetrics(torch.stack(losses), torch.stack(accs))
