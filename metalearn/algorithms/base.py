@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from metalearn.data.episodes import Episodes
+from metalearn.errors import ConfigError
 
 
 class TaskMetrics(NamedTuple):
@@ -24,6 +25,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class MetaLearner(nn.Module):
+    ways: int  # the ways it was built for
+
     def forward(self, episodes: Episodes) -> TaskMetrics:
         """Meta-training: query metrics whose loss carries the meta-gradient."""
         raise NotImplementedError
@@ -34,3 +37,14 @@ class MetaLearner(nn.Module):
 
     def on_iteration(self, iteration: int, total: int) -> None:
         """Hook for schedules that depend on training progress (e.g. MAML++ annealing)."""
+
+    def check_ways(self, ways: int) -> None:
+        """Raise ConfigError unless this learner can classify `ways`-way tasks.
+
+        A learner with a `ways`-output head (the MAML family) can only do the ways it was built
+        for; metric and sequence learners override this.
+        """
+        if ways != self.ways:
+            raise ConfigError(
+                f"{type(self).__name__} has a {self.ways}-way output head, so it cannot run "
+                f"{ways}-way tasks: use task.ways={self.ways} (and no other task.train_ways)")

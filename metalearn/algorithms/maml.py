@@ -1,16 +1,24 @@
-"""MAML (Finn, Abbeel & Levine 2017), with two engines that compute the same thing.
+"""MAML (Finn, Abbeel & Levine 2017) through learn2learn's `MAML` wrapper, with the MAML++
+options of Antoniou, Edwards & Storkey 2019 (each off by default, so plain MAML is unchanged).
 
-The model is backbone + a linear head over `ways` classes; each task takes
-`adaptation_steps` SGD steps on its support set and is scored on its queries. The
+The model is backbone + a linear head over `ways` classes; each task clones the wrapper,
+takes `adaptation_steps` SGD steps on its support set and is scored on its queries. The
 meta-gradient flows through the adaptation (second order) unless `first_order`.
+
+MAML++ switches:
+- `multi_step_loss`: the query loss after every inner step, weighted by `msl_weights`, whose
+  weight moves to the last step over `msl_iterations`; after that only the last step counts.
+- `lslr`: one learned inner lr per parameter tensor (layer weight or bias) and per step.
+- `per_step_bn`: one set of BN weights/biases per step (`models/norm.BatchNorm2d.per_step`).
+- `first_order_iterations`: derivative-order annealing: first order up to that iteration.
 
 Engines (`algo.engine`):
   * `l2l`: learn2learn's `MAML` wrapper, one `clone()`/`adapt()` per task: the reference.
   * `batched`: all tasks at once with torch.func (`algorithms/functional.py`); same
-    meta-gradient to float64 round-off, several times faster on a GPU.
-  * `auto`: `batched` on CUDA; on CPU `CPU_ENGINE` (see there).
-Subclasses (Meta-SGD, ANIL, MAML++) reuse the batched engine by overriding `inner_update`
-and/or `adapts`.
+    meta-gradient to float64 round-off, ~8x faster on an H100 (docs/performance.md).
+    Supports derivative-order annealing; MSL, LSLR and per-step BN run on `l2l`.
+  * `auto`: `batched` on CUDA unless a MAML++ switch needs `l2l`; on CPU `CPU_ENGINE`.
+Subclasses reuse the batched engine by overriding `inner_update` and/or `adapts`.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ from metalearn.algorithms.base import MetaLearner, TaskMetrics, accuracy
 from metalearn.algorithms.functional import Params, adapt_batched
 from metalearn.data.episodes import Episodes
 from metalearn.errors import ConfigError
+from metalearn.models.norm import BatchNorm2d, inner_step
 
 ENGINES = ("auto", "batched", "l2l")
 # On a CPU, time goes to convolutions and vmap buys little: ENGINEERING.md §4 measured 0.8-1.1x
@@ -32,19 +41,58 @@ ENGINES = ("auto", "batched", "l2l")
 CPU_ENGINE = "l2l"
 
 
+def msl_weights(steps: int, progress: float) -> torch.Tensor:
+    """Per-step query-loss weights of MAML++ (`get_per_step_loss_importance_vector`).
+
+    progress 0 -> uniform; each non-final weight then decays linearly to 0.03/steps at
+    progress 1 while the last step takes the rest. They always sum to 1.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    floor = 0.03 / steps
+    w = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    w[:-1] = torch.clamp(w[:-1] - progress / steps, min=floor)
+    w[-1] = min(1.0 / steps + progress * (steps - 1) / steps, 1.0 - (steps - 1) * floor)
+    return w
+
+
 class MAML(MetaLearner):
     def __init__(self, backbone: nn.Module, ways: int, inner_lr: float = 0.4,
                  adaptation_steps: int = 1, test_adaptation_steps: int | None = None,
-                 first_order: bool = False, engine: str = "auto") -> None:
+                 first_order: bool = False, multi_step_loss: bool = False,
+                 msl_iterations: int = 0, lslr: bool = False, per_step_bn: bool = False,
+                 first_order_iterations: int = 0, engine: str = "auto") -> None:
         super().__init__()
         if engine not in ENGINES:
             raise ConfigError(f"algo.engine={engine!r}: choose one of {', '.join(ENGINES)}")
+        if engine == "batched" and (multi_step_loss or lslr or per_step_bn):
+            raise ConfigError("algo.engine=batched does not implement multi_step_loss, lslr or "
+                              "per_step_bn yet: use algo.engine=l2l (or auto)")
+        self.engine = engine
+        if multi_step_loss and msl_iterations < 1:
+            raise ConfigError("algo.multi_step_loss=true needs algo.msl_iterations >= 1: the "
+                              "iterations over which the loss weights anneal to the last step")
+        self.ways = ways
+        if per_step_bn:
+            norms = [m for m in backbone.modules() if isinstance(m, BatchNorm2d)]
+            if not norms:
+                raise ConfigError("algo.per_step_bn=true but the backbone has no "
+                                  "metalearn.models.norm.BatchNorm2d layer")
+            for m in norms:
+                m.per_step(adaptation_steps)
         model = nn.Sequential(backbone, nn.Linear(backbone.out_features, ways))
         self.maml = l2l.algorithms.MAML(model, lr=inner_lr, first_order=first_order)
         self.adaptation_steps = adaptation_steps
         self.test_adaptation_steps = test_adaptation_steps or adaptation_steps
         self.first_order = first_order
-        self.engine = engine
+        self.multi_step_loss, self.msl_iterations = multi_step_loss, msl_iterations
+        self.first_order_iterations = first_order_iterations
+        self.per_step_bn = per_step_bn
+        # [steps] learned lrs per parameter tensor; test steps past the last reuse the last lr.
+        self.lrs = nn.ParameterList(
+            [nn.Parameter(torch.full((adaptation_steps,), float(inner_lr)))
+             for _ in model.parameters()]) if lslr else None
+        self.iteration = 0
+        self.on_iteration(1, 1)
 
     @property
     def inner_lr(self) -> float:
@@ -58,6 +106,8 @@ class MAML(MetaLearner):
     def engine_for(self, device: torch.device) -> str:
         if self.engine != "auto":
             return self.engine
+        if self.multi_step_loss or self.lrs is not None or self.per_step_bn:
+            return "l2l"
         return "batched" if device.type == "cuda" else CPU_ENGINE
 
     # --- hooks of the batched engine (override in MAML-family subclasses) ---
@@ -74,24 +124,62 @@ class MAML(MetaLearner):
                              episodes.query_x, episodes.query_y, steps, self.inner_update,
                              first_order, self.adapts)
 
-    # --- learn2learn engine ---
-    def _adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int, first_order: bool):
+    def on_iteration(self, iteration: int, total: int) -> None:
+        self.iteration = iteration
+        self.train_first_order = self.first_order or iteration <= self.first_order_iterations
+        self.use_msl = self.multi_step_loss and iteration <= self.msl_iterations
+
+    def step_weights(self) -> torch.Tensor:
+        """Weights of the query loss after each training step (MSL, else only the last)."""
+        if self.use_msl:
+            return msl_weights(self.adaptation_steps, self.iteration / self.msl_iterations)
+        w = torch.zeros(self.adaptation_steps, dtype=torch.float64)
+        w[-1] = 1.0
+        return w
+
+    def _inner_update(self, learner, loss: torch.Tensor, step: int, first_order: bool) -> None:
+        if self.lrs is None:
+            learner.adapt(loss, first_order=first_order)
+            return
+        grads = torch.autograd.grad(loss, list(learner.parameters()), allow_unused=True,
+                                    retain_graph=not first_order, create_graph=not first_order)
+        updates = [None if g is None else -lr[min(step, len(lr) - 1)] * g
+                   for lr, g in zip(self.lrs, grads)]
+        l2l.update_module(learner.module, updates=updates)
+
+    def _adapt(self, x, y, steps: int, first_order: bool, query=None):
+        """Adapt a clone on (x, y); with `query`, also return its logits after every step."""
         learner = self.maml.clone(first_order=first_order)
-        for _ in range(steps):
-            learner.adapt(F.cross_entropy(learner(x), y), first_order=first_order)
-        return learner
+        logits = []
+        for step in range(steps):
+            with inner_step(step):
+                loss = F.cross_entropy(learner(x), y)
+            self._inner_update(learner, loss, step, first_order)
+            if query is not None:
+                with inner_step(step):
+                    logits.append(learner(query))
+        return learner, logits
 
     def forward(self, episodes: Episodes) -> TaskMetrics:
         if self.engine_for(episodes.support_x.device) == "batched":
-            loss, logits = self._batched(episodes, self.adaptation_steps, self.first_order)
+            loss, logits = self._batched(episodes, self.adaptation_steps, self.train_first_order)
             return TaskMetrics(loss, accuracy(logits.detach(), episodes.query_y))
         losses, accs = [], []
         for t in range(len(episodes)):
-            learner = self._adapt(episodes.support_x[t], episodes.support_y[t],
-                                  self.adaptation_steps, self.first_order)
-            logits = learner(episodes.query_x[t])
-            losses.append(F.cross_entropy(logits, episodes.query_y[t]))
-            accs.append(accuracy(logits.detach(), episodes.query_y[t]))
+            qx, qy = episodes.query_x[t], episodes.query_y[t]
+            # Query logits after every step only under MSL; otherwise after the last one.
+            learner, logits = self._adapt(episodes.support_x[t], episodes.support_y[t],
+                                          self.adaptation_steps, self.train_first_order,
+                                          query=qx if self.use_msl else None)
+            if self.use_msl:
+                weights = self.step_weights().to(qx.dtype).to(qx.device)
+                loss = sum(w * F.cross_entropy(l, qy) for w, l in zip(weights, logits))
+            else:
+                with inner_step(self.adaptation_steps - 1):
+                    logits = [learner(qx)]
+                loss = F.cross_entropy(logits[0], qy)
+            losses.append(loss)
+            accs.append(accuracy(logits[-1].detach(), qy))
         return TaskMetrics(torch.stack(losses), torch.stack(accs))
 
     def evaluate(self, episodes: Episodes) -> TaskMetrics:
@@ -100,11 +188,12 @@ class MAML(MetaLearner):
                 loss, logits = self._batched(episodes, self.test_adaptation_steps, True)
             return TaskMetrics(loss, accuracy(logits, episodes.query_y))
         losses, accs = [], []
+        steps = self.test_adaptation_steps
         for t in range(len(episodes)):
             with torch.enable_grad():
-                learner = self._adapt(episodes.support_x[t], episodes.support_y[t],
-                                      self.test_adaptation_steps, first_order=True)
-            with torch.no_grad():
+                learner, _ = self._adapt(episodes.support_x[t], episodes.support_y[t],
+                                         steps, first_order=True)
+            with torch.no_grad(), inner_step(steps - 1):
                 logits = learner(episodes.query_x[t])
                 losses.append(F.cross_entropy(logits, episodes.query_y[t]))
                 accs.append(accuracy(logits, episodes.query_y[t]))

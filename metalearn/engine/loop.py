@@ -51,7 +51,10 @@ def samplers(cfg: DictConfig, data: FewShotDataset, device: torch.device,
              query: int | None = None, rank: int = 0) -> dict[str, EpisodeSampler]:
     t = cfg.task
     where = device if cfg.trainer.data_on_device else torch.device("cpu")
-    out = {name: EpisodeSampler(split, ways or t.ways, shots or t.shots, query or t.query,
+    # Snell et al. 2017 train ProtoNets with more ways than they test with.
+    train_ways = t.get("train_ways") or t.ways
+    out = {name: EpisodeSampler(split, ways or (train_ways if name == "train" else t.ways),
+                                shots or t.shots, query or t.query,
                                 data.mean, data.std, seed=cfg.seed + i, device=where)
            for i, (name, split) in enumerate(data.splits().items())}
     # each rank draws its own training tasks; rank 0 keeps the single-process stream
@@ -83,6 +86,18 @@ def meta_step(algo: MetaLearner, batch: Episodes, chunk_size: int | None = None,
         losses.append(m.loss.detach().float())
         accs.append(m.acc.detach())
     return torch.cat(losses), torch.cat(accs)
+
+
+def lr_scheduler(tc: DictConfig, opt: torch.optim.Optimizer):
+    """`trainer.lr_schedule`: none, cosine (MAML++: to lr_min over the run) or step (ProtoNets)."""
+    kind = tc.get("lr_schedule", "none") or "none"
+    if kind == "none":
+        return None
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.iterations, tc.lr_min)
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, tc.lr_step_size, tc.lr_gamma)
+    raise ConfigError(f"trainer.lr_schedule={kind}: use none, cosine or step")
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -121,8 +136,10 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                       channels_last=tc.channels_last)
     if tc.channels_last:
         algo.to(memory_format=torch.channels_last)
+    if cfg.task.get("train_ways"):
+        algo.check_ways(cfg.task.train_ways)
     opt = instantiate(cfg.optimizer, params=algo.parameters())
-    scheduler = None  # a trainer.lr_schedule plugs in here; checkpoints keep its state
+    scheduler = lr_scheduler(tc, opt)
     params = [p for p in algo.parameters() if p.requires_grad]
     lo, hi = world.shard(tc.meta_batch_size)
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
@@ -177,6 +194,8 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                 if math.isfinite(loss) and torch.stack(finite).all().item():
                     opt.step()
                     bad_run = 0
+                if scheduler is not None:  # the schedule follows iterations, skipped or not
+                    scheduler.step()
                 else:  # skip the step: weights and optimizer state stay as they were
                     skipped, bad_run = skipped + 1, bad_run + 1
                     logger.log(it, {"train/skipped_steps": skipped})

@@ -5,11 +5,32 @@ at test time alike (Finn et al. 2017), so no running statistics are kept. Writte
 mean/var/rsqrt instead of `F.batch_norm` because the latter's vmap batching rule gives silently
 wrong second-order gradients (pytorch/functorch#534); this form is exact under vmap, so every
 engine computes the same function.
+
+MAML++ (Antoniou et al. 2019) gives each inner-loop step its own BN weights and biases:
+`per_step(n)` turns weight/bias into [n, C] tables and the row used is the step set by the
+learner with `inner_step(i)`. A context variable keeps the step out of every backbone's
+`forward` signature, so any backbone built from this layer gets per-step BN for free.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
 import torch
 from torch import nn
+
+_STEP: ContextVar[int] = ContextVar("inner_step", default=0)
+
+
+@contextmanager
+def inner_step(step: int) -> Iterator[None]:
+    """Forward passes inside use the per-step BN parameters of `step` (clamped to the last)."""
+    token = _STEP.set(step)
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
 
 
 class BatchNorm2d(nn.Module):
@@ -24,8 +45,19 @@ class BatchNorm2d(nn.Module):
         var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
         y = (x - mean) * torch.rsqrt(var + self.eps)
         if self.weight is not None:
-            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+            w, b = self.weight, self.bias
+            if w.dim() == 2:  # per-step tables
+                step = min(_STEP.get(), w.shape[0] - 1)
+                w, b = w[step], b[step]
+            y = y * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
         return y
+
+    def per_step(self, steps: int) -> None:
+        """One weight/bias row per inner step, each starting from the current values."""
+        if self.weight is None:
+            return
+        self.weight = nn.Parameter(self.weight.detach().flatten()[-self.num_features:].repeat(steps, 1))
+        self.bias = nn.Parameter(self.bias.detach().flatten()[-self.num_features:].repeat(steps, 1))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

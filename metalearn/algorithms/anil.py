@@ -1,0 +1,57 @@
+"""ANIL, "Almost No Inner Loop" (Raghu, Raghu, Bengio & Vinyals 2020).
+
+MAML where the inner loop adapts only the linear head: the backbone embeds the support and
+query images once per task, the head (a learn2learn `MAML` clone) takes the SGD steps on
+those features, and the backbone is trained only by the outer (meta) update.
+"""
+from __future__ import annotations
+
+import learn2learn as l2l
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metalearn.algorithms.base import MetaLearner, TaskMetrics, accuracy
+from metalearn.data.episodes import Episodes
+
+
+class ANIL(MetaLearner):
+    def __init__(self, backbone: nn.Module, ways: int, inner_lr: float = 0.4,
+                 adaptation_steps: int = 1, test_adaptation_steps: int | None = None,
+                 first_order: bool = False) -> None:
+        super().__init__()
+        self.ways = ways
+        self.backbone = backbone
+        self.head = l2l.algorithms.MAML(nn.Linear(backbone.out_features, ways), lr=inner_lr,
+                                        first_order=first_order)
+        self.adaptation_steps = adaptation_steps
+        self.test_adaptation_steps = test_adaptation_steps or adaptation_steps
+        self.first_order = first_order
+
+    def _logits(self, zs, sy, zq, steps: int, first_order: bool) -> torch.Tensor:
+        head = self.head.clone(first_order=first_order)
+        for _ in range(steps):
+            head.adapt(F.cross_entropy(head(zs), sy), first_order=first_order)
+        return head(zq)
+
+    def forward(self, episodes: Episodes) -> TaskMetrics:
+        losses, accs = [], []
+        for t in range(len(episodes)):
+            zs, zq = self.backbone(episodes.support_x[t]), self.backbone(episodes.query_x[t])
+            logits = self._logits(zs, episodes.support_y[t], zq, self.adaptation_steps,
+                                  self.first_order)
+            losses.append(F.cross_entropy(logits, episodes.query_y[t]))
+            accs.append(accuracy(logits.detach(), episodes.query_y[t]))
+        return TaskMetrics(torch.stack(losses), torch.stack(accs))
+
+    def evaluate(self, episodes: Episodes) -> TaskMetrics:
+        losses, accs = [], []
+        for t in range(len(episodes)):
+            with torch.no_grad():  # the backbone is fixed at test time: no graph through it
+                zs, zq = self.backbone(episodes.support_x[t]), self.backbone(episodes.query_x[t])
+            with torch.enable_grad():
+                logits = self._logits(zs, episodes.support_y[t], zq, self.test_adaptation_steps,
+                                      True).detach()
+            losses.append(F.cross_entropy(logits, episodes.query_y[t]))
+            accs.append(accuracy(logits, episodes.query_y[t]))
+        return TaskMetrics(torch.stack(losses), torch.stack(accs))
