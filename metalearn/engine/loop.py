@@ -194,8 +194,6 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                 if math.isfinite(loss) and torch.stack(finite).all().item():
                     opt.step()
                     bad_run = 0
-                if scheduler is not None:  # the schedule follows iterations, skipped or not
-                    scheduler.step()
                 else:  # skip the step: weights and optimizer state stay as they were
                     skipped, bad_run = skipped + 1, bad_run + 1
                     logger.log(it, {"train/skipped_steps": skipped})
@@ -205,6 +203,8 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                             f"a row (up to iteration {it}, loss {loss}): lower optimizer.lr or "
                             f"algo.inner_lr, or raise trainer.max_bad_steps. The last good "
                             f"checkpoint is kept at {last_path}")
+                if scheduler is not None:  # the schedule follows iterations, skipped or not
+                    scheduler.step()
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best_val=f"{max(best_val, 0):.3f}")
                 if it % tc.log_every == 0 or it == 1:
                     logger.log(it, {"train/loss": loss, "train/acc": acc,
