@@ -7,9 +7,9 @@ class PoisonedMAML(MAML):
     def __init__(self, *args, poison_from: int = 10**9, poison_until: int = 10**9, **kwargs):
         super().__init__(*args, **kwargs)
         self.poison = range(poison_from, poison_until + 1)
-        self.iteration = 0
 
     def on_iteration(self, iteration: int, total: int) -> None:
+        super().on_iteration(iteration, total)
         self.iteration = iteration
 
     def forward(self, episodes):
