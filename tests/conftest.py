@@ -20,7 +20,6 @@ FAST = ["dataset=synthetic", "logger=none", "device=cpu", "trainer.iterations=4"
 
 @pytest.fixture(autouse=True)
 def _isolate(tmp_path, monkeypatch):
-    monkeypatch.setenv("METALEARN_CACHE_DIR", str(Path.home() / ".cache" / "metalearn"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     torch.set_num_threads(2)
