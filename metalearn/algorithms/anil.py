@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn.algorithms.base import MetaLearner, TaskMetrics, accuracy
+from metalearn.algorithms.base import MetaLearner, TaskMetrics, score_tasks
 from metalearn.data.episodes import Episodes
 
 
@@ -35,23 +35,17 @@ class ANIL(MetaLearner):
         return head(zq)
 
     def forward(self, episodes: Episodes) -> TaskMetrics:
-        losses, accs = [], []
-        for t in range(len(episodes)):
+        def logits(t: int) -> torch.Tensor:
             zs, zq = self.backbone(episodes.support_x[t]), self.backbone(episodes.query_x[t])
-            logits = self._logits(zs, episodes.support_y[t], zq, self.adaptation_steps,
-                                  self.first_order)
-            losses.append(F.cross_entropy(logits, episodes.query_y[t]))
-            accs.append(accuracy(logits.detach(), episodes.query_y[t]))
-        return TaskMetrics(torch.stack(losses), torch.stack(accs))
+            return self._logits(zs, episodes.support_y[t], zq, self.adaptation_steps,
+                                self.first_order)
+        return score_tasks(episodes, logits)
 
     def evaluate(self, episodes: Episodes) -> TaskMetrics:
-        losses, accs = [], []
-        for t in range(len(episodes)):
+        def logits(t: int) -> torch.Tensor:
             with torch.no_grad():  # the backbone is fixed at test time: no graph through it
                 zs, zq = self.backbone(episodes.support_x[t]), self.backbone(episodes.query_x[t])
             with torch.enable_grad():
-                logits = self._logits(zs, episodes.support_y[t], zq, self.test_adaptation_steps,
-                                      True).detach()
-            losses.append(F.cross_entropy(logits, episodes.query_y[t]))
-            accs.append(accuracy(logits, episodes.query_y[t]))
-        return TaskMetrics(torch.stack(losses), torch.stack(accs))
+                return self._logits(zs, episodes.support_y[t], zq, self.test_adaptation_steps,
+                                    True).detach()
+        return score_tasks(episodes, logits)

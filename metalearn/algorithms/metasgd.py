@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn.algorithms.base import MetaLearner, TaskMetrics, accuracy
+from metalearn.algorithms.base import MetaLearner, TaskMetrics, score_tasks
 from metalearn.data.episodes import Episodes
 
 
@@ -33,23 +33,17 @@ class MetaSGD(MetaLearner):
         return learner
 
     def forward(self, episodes: Episodes) -> TaskMetrics:
-        losses, accs = [], []
-        for t in range(len(episodes)):
+        def logits(t: int) -> torch.Tensor:
             learner = self._adapt(episodes.support_x[t], episodes.support_y[t],
                                   self.adaptation_steps, self.first_order)
-            logits = learner(episodes.query_x[t])
-            losses.append(F.cross_entropy(logits, episodes.query_y[t]))
-            accs.append(accuracy(logits.detach(), episodes.query_y[t]))
-        return TaskMetrics(torch.stack(losses), torch.stack(accs))
+            return learner(episodes.query_x[t])
+        return score_tasks(episodes, logits)
 
     def evaluate(self, episodes: Episodes) -> TaskMetrics:
-        losses, accs = [], []
-        for t in range(len(episodes)):
+        def logits(t: int) -> torch.Tensor:
             with torch.enable_grad():
                 learner = self._adapt(episodes.support_x[t], episodes.support_y[t],
                                       self.test_adaptation_steps, first_order=True)
             with torch.no_grad():
-                logits = learner(episodes.query_x[t])
-                losses.append(F.cross_entropy(logits, episodes.query_y[t]))
-                accs.append(accuracy(logits, episodes.query_y[t]))
-        return TaskMetrics(torch.stack(losses), torch.stack(accs))
+                return learner(episodes.query_x[t])
+        return score_tasks(episodes, logits)
