@@ -8,9 +8,11 @@ from metalearn.algorithms.anil import ANIL
 from metalearn.algorithms.maml import MAML, msl_weights
 from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.algorithms.protonet import ProtoNet
+from metalearn.algorithms.snail import SNAIL
 from metalearn.errors import ConfigError
 from metalearn.models.conv4 import Conv4
 from metalearn.models.norm import BatchNorm2d
+from metalearn.data.episodes import Episodes
 from tests.algorithms.test_maml import random_task
 from tests.conftest import compose_cfg
 
@@ -151,12 +153,14 @@ def test_protonet_logits_are_negative_squared_distances_to_hand_computed_prototy
 def test_ways_limits_per_learner():
     with pytest.raises(ConfigError, match="5-way output head"):
         MAML(small(), ways=5).check_ways(10)
+    with pytest.raises(ConfigError, match="5-way output head"):
+        SNAIL(small(), ways=5, shots=1).check_ways(10)
     ProtoNet(small(), ways=5).check_ways(20)
 
 
 def test_algorithm_configs_build_their_learner():
     for name, cls in [("maml", MAML), ("fomaml", MAML), ("mamlpp", MAML), ("metasgd", MetaSGD),
-                      ("anil", ANIL), ("protonet", ProtoNet)]:
+                      ("anil", ANIL), ("protonet", ProtoNet), ("snail", SNAIL)]:
         cfg = compose_cfg("dataset=synthetic", f"algorithm@algo={name}")
         algo = instantiate(cfg.algo, backbone=small(), ways=cfg.task.ways)
         assert type(algo) is cls
@@ -167,3 +171,57 @@ def test_algorithm_configs_build_their_learner():
     plain = compose_cfg("dataset=synthetic").algo
     assert not (plain.multi_step_loss or plain.lslr or plain.per_step_bn)
     assert plain.first_order_iterations == 0
+
+
+class Pixels(torch.nn.Module):
+    """A backbone without batch statistics, so each image's embedding is its own."""
+    out_features = 12 * 12
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+def snail(backbone=None, ways=3, shots=2):
+    torch.manual_seed(0)
+    return SNAIL(backbone or Pixels(), ways=ways, shots=shots, tc_filters=8,
+                 attention=((8, 4), (16, 8))).double()
+
+
+def test_snail_classifies_each_query_from_the_supports_alone_in_one_pass():
+    algo = snail()
+    ep = random_task(ways=3, shots=2, query=2)
+    ref = algo._logits(ep, torch.Generator().manual_seed(0))
+    assert ref.shape == (1, 6, 3)
+    other = Episodes(ep.support_x, ep.support_y, ep.query_x.clone(), ep.query_y)
+    other.query_x[0, 0] += 1  # another first query: no other query's logits may move
+    got = algo._logits(other, torch.Generator().manual_seed(0))
+    assert not torch.allclose(got[0, 0], ref[0, 0])
+    assert torch.allclose(got[0, 1:], ref[0, 1:], rtol=1e-12)
+    # the labels are read: relabelling the supports changes the answer
+    relabelled = Episodes(ep.support_x, (ep.support_y + 1) % 3, ep.query_x, ep.query_y)
+    assert not torch.allclose(algo._logits(relabelled, torch.Generator().manual_seed(0)), ref)
+
+
+def test_snail_meta_gradient_reaches_backbone_and_every_block():
+    algo = snail(backbone=small(), shots=2)
+    algo(random_task(ways=3, shots=2, query=2)).loss.sum().backward()
+    for name, p in algo.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_snail_evaluation_is_reproducible_and_takes_other_shots():
+    algo = snail(shots=1)
+    ep = random_task(ways=3, shots=1, query=2)
+    a, b = algo.evaluate(ep), algo.evaluate(ep)
+    assert torch.equal(a.loss, b.loss) and not a.loss.requires_grad
+    longer = algo.evaluate(random_task(ways=3, shots=5, query=2))  # past the TC blocks' reach
+    assert torch.isfinite(longer.loss).all()
+
+
+def test_snail_support_order_is_shuffled_per_training_step():
+    algo = snail()
+    ep = random_task(ways=3, shots=2, query=2)
+    torch.manual_seed(1)
+    first = algo(ep).loss
+    torch.manual_seed(2)
+    assert not torch.allclose(algo(ep).loss, first)  # causal model: order matters, and varies

@@ -22,7 +22,7 @@ def evaluate(*args):
                           timeout=300, cwd=ROOT)
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
+@pytest.mark.parametrize("algorithm", ["maml", "protonet", "snail"])
 def test_evaluate_reproduces_the_runs_test_number(tmp_path, algorithm):
     cfg = compose_cfg(*FAST, f"algorithm@algo={algorithm}", "dataset.image_size=12",
                       "backbone.hidden=8", "trainer.lr_schedule=cosine")

@@ -1,0 +1,110 @@
+"""SNAIL, "A Simple Neural Attentive Meta-Learner" (Mishra, Rohaninejad, Chen & Abbeel 2018).
+
+The model-based family: no inner gradient steps. Each query is classified by one forward pass
+of a sequence model over the task's labelled support embeddings followed by the query with its
+label unknown: [(z_1, y_1), ..., (z_NK, y_NK), (z_q, 0)] -> logits at the last position.
+The sequence model is SNAIL's: dense blocks of causal dilated 1-d convolutions with gated
+activations (TC blocks) interleaved with causal soft-attention blocks, each block's output
+concatenated to its input; Omniglot's architecture is the default (paper §4.1 / Appendix B).
+
+Causality makes support order matter, and the sampler lays supports out class by class; like
+the paper, each task's supports are shuffled (a fresh order per training step, a fixed seed at
+evaluation so scores are reproducible) so the model must read the labels, not the positions.
+Every query sees the same support prefix and never another query (no transduction through the
+sequence model; the backbone's batch-statistics BN sees the whole task, as with ProtoNets here).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metalearn.algorithms.base import MetaLearner, TaskMetrics, accuracy
+from metalearn.data.episodes import Episodes
+
+EVAL_ORDER_SEED = 0
+
+
+class DenseBlock(nn.Module):
+    """Causal dilated convolution (kernel 2) with a tanh * sigmoid gate, concatenated to its input."""
+
+    def __init__(self, channels: int, dilation: int, filters: int) -> None:
+        super().__init__()
+        self.dilation = dilation
+        self.conv = nn.Conv1d(channels, 2 * filters, kernel_size=2, dilation=dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, T, C] -> [N, T, C + filters]
+        h = self.conv(F.pad(x.transpose(1, 2), (self.dilation, 0))).transpose(1, 2)
+        f, g = h.chunk(2, dim=-1)
+        return torch.cat([x, torch.tanh(f) * torch.sigmoid(g)], dim=-1)
+
+
+class AttentionBlock(nn.Module):
+    """Single-head causal scaled dot-product attention, its read concatenated to the input."""
+
+    def __init__(self, channels: int, key_size: int, value_size: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(channels, key_size)
+        self.key = nn.Linear(channels, key_size)
+        self.value = nn.Linear(channels, value_size)
+        # Query and key start equal, so attention starts as a similarity (q.k = |Wx|^2 for
+        # equal inputs) rather than a random bilinear form: trained from random, every block
+        # sat on a long chance-level plateau before finding one.
+        self.query.load_state_dict(self.key.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, T, C] -> [N, T, C + value]
+        read = F.scaled_dot_product_attention(self.query(x), self.key(x), self.value(x),
+                                              is_causal=True)
+        return torch.cat([x, read], dim=-1)
+
+
+class SNAIL(MetaLearner):
+    def __init__(self, backbone: nn.Module, ways: int, shots: int, tc_filters: int = 128,
+                 attention: tuple[tuple[int, int], ...] = ((64, 32), (256, 128), (512, 256))
+                 ) -> None:
+        super().__init__()
+        self.backbone, self.ways = backbone, ways
+        # TC blocks cover the training sequence (N*K supports + 1 query) with dilations
+        # 1, 2, 4, ...; longer test sequences (more shots) still reach all supports by attention.
+        depth = math.ceil(math.log2(ways * shots + 1))
+        channels = backbone.out_features + ways
+        blocks: list[nn.Module] = []
+        for i, (key_size, value_size) in enumerate(attention):
+            if i > 0:
+                for d in range(depth):
+                    blocks.append(DenseBlock(channels, 2 ** d, tc_filters))
+                    channels += tc_filters
+            blocks.append(AttentionBlock(channels, key_size, value_size))
+            channels += value_size
+        self.sequence = nn.Sequential(*blocks)
+        self.out = nn.Linear(channels, ways)
+
+    def _logits(self, episodes: Episodes, generator: torch.Generator | None) -> torch.Tensor:
+        """Query logits [B, Q, ways]."""
+        sx, sy, qx = episodes.support_x, episodes.support_y, episodes.query_x
+        b, s, q = sx.shape[0], sx.shape[1], qx.shape[1]
+        z = torch.stack([self.backbone(torch.cat([sx[t], qx[t]])) for t in range(b)])
+        order = torch.rand(b, s, generator=generator, device=sx.device).argsort(1)
+        zs = z[:, :s].gather(1, order[..., None].expand(-1, -1, z.shape[-1]))
+        labels = F.one_hot(sy.gather(1, order), self.ways).to(z.dtype)
+        support = torch.cat([zs, labels], -1)                                   # [B, S, D+W]
+        query = torch.cat([z[:, s:], z.new_zeros(b, q, self.ways)], -1)        # [B, Q, D+W]
+        seq = torch.cat([support[:, None].expand(-1, q, -1, -1), query[:, :, None]], 2)
+        h = self.sequence(seq.flatten(0, 1))                                    # [B*Q, S+1, C]
+        return self.out(h[:, -1]).view(b, q, self.ways)
+
+    @staticmethod
+    def _metrics(logits: torch.Tensor, labels: torch.Tensor) -> TaskMetrics:
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+        return TaskMetrics(loss.view(labels.shape).mean(1), accuracy(logits.detach(), labels))
+
+    def forward(self, episodes: Episodes) -> TaskMetrics:
+        return self._metrics(self._logits(episodes, None), episodes.query_y)
+
+    def evaluate(self, episodes: Episodes) -> TaskMetrics:
+        g = torch.Generator(episodes.support_x.device).manual_seed(EVAL_ORDER_SEED)
+        with torch.no_grad():
+            m = self._metrics(self._logits(episodes, g), episodes.query_y)
+        return TaskMetrics(m.loss, m.acc)
