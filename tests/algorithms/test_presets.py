@@ -20,6 +20,7 @@ PAPER = {  # (dataset, algorithm target, ways, shots, a few values from the pape
     "protonet_omniglot_20w1s": ("omniglot", "ProtoNet", 20, 1, {"task.train_ways": 60, "task.query": 5}),
     "protonet_miniimagenet_5w1s": ("miniimagenet", "ProtoNet", 5, 1, {"task.train_ways": 30, "backbone.hidden": 64}),
     "protonet_miniimagenet_5w5s": ("miniimagenet", "ProtoNet", 5, 5, {"task.train_ways": 20}),
+    "snail_omniglot_5w1s": ("omniglot", "SNAIL", 5, 1, {"algo.tc_filters": 128, "backbone.max_pool": True}),
     "mamlpp_miniimagenet_5w1s": ("miniimagenet", "MAML", 5, 1, {"algo.lslr": True, "algo.per_step_bn": True, "algo.multi_step_loss": True, "trainer.lr_schedule": "cosine", "backbone.hidden": 48}),
 }
 
