@@ -7,6 +7,9 @@ backward, Adam step):
     per step, query loss `.backward()` and `.item()`, gradients averaged, step;
   * `l2l`: `algo.engine=l2l` (learn2learn's wrapper, one backward per meta-batch);
   * `batched`: `algo.engine=batched` (torch.func, all tasks at once).
+`mamlpp_*` settings turn on MAML++'s multi-step loss, LSLR and per-step BN: learn2learn has
+no example loop for those, so there the `l2l` engine is the reference for speed-ups and
+gradient errors.
 Then `train_iteration`: what a `train.py` iteration adds around the batched step (sampling
 uint8 episodes on the device, normalising, `.item()`, a NaN check, metrics.jsonl logging).
 `grad_rel_err` is each engine's meta-gradient relative error vs the example loop, in float64
@@ -47,13 +50,19 @@ FULL = {
     "mini_5w1s_1st": (3, 84, 5, 1, 15, 32, 5, 0.01, True, None),
     "omniglot_20w1s_2nd": (1, 28, 20, 1, 5, 16, 5, 0.1, False, None),
     "omniglot_20w1s_1st": (1, 28, 20, 1, 5, 16, 5, 0.1, True, None),
+    "mamlpp_mini_5w1s_2nd": (3, 84, 5, 1, 15, 32, 5, 0.01, False, None),
 }
 SMALL = {
     "mini_5w1s_2nd": (3, 32, 5, 1, 3, 4, 2, 0.01, False, 8),
     "mini_5w1s_1st": (3, 32, 5, 1, 3, 4, 2, 0.01, True, 8),
     "omniglot_20w1s_2nd": (1, 14, 10, 1, 2, 4, 2, 0.1, False, 8),
     "omniglot_20w1s_1st": (1, 14, 10, 1, 2, 4, 2, 0.1, True, 8),
+    "mamlpp_mini_5w1s_2nd": (3, 32, 5, 1, 3, 4, 2, 0.01, False, 8),
 }
+# The MAML++ switches of a mamlpp_* setting; MSL stays on (a benchmark never leaves iteration 1).
+# mamlpp_* come last: gpu_check.sh times the whole benchmark out, and each setting is saved
+# as it ends, so the settings measured before keep their numbers.
+MAMLPP = dict(multi_step_loss=True, msl_iterations=10**6, lslr=True, per_step_bn=True)
 # ENGINEERING.md §4: mini-ImageNet 5w1s, 5 steps, 2nd order moves ~183 MiB of activations per
 # task; the H100's memory bandwidth puts the floor near 0.5 ms per task.
 ROOFLINE_TASKS_PER_S = {"mini_5w1s_2nd": 2000.0}
@@ -129,16 +138,23 @@ def flat_grad(algo: MAML) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in algo.parameters()])
 
 
-def grad_errors(base: MAML, batch: Episodes, steps: int, first_order: bool) -> dict[str, float]:
-    """Meta-gradient relative error of each engine vs the example loop, in float64."""
+def grad_errors(base: MAML, batch: Episodes, steps: int, first_order: bool,
+                mamlpp: bool) -> dict[str, float]:
+    """Meta-gradient relative error of each engine vs the example loop (MAML++: vs the l2l
+    engine), in float64."""
     batch = Episodes(batch.support_x.double(), batch.support_y, batch.query_x.double(),
                      batch.query_y)
     ref = copy.deepcopy(base).double()
-    l2l_example_iteration(ref, batch, torch.optim.SGD(ref.parameters(), lr=0.0), steps,
-                          first_order)
-    want = flat_grad(ref) * len(batch)  # undo the example's averaging
+    if mamlpp:
+        ref.engine = "l2l"
+        ref(batch).loss.sum().backward()
+        want = flat_grad(ref)
+    else:
+        l2l_example_iteration(ref, batch, torch.optim.SGD(ref.parameters(), lr=0.0), steps,
+                              first_order)
+        want = flat_grad(ref) * len(batch)  # undo the example's averaging
     errors = {}
-    for engine in ("l2l", "batched"):
+    for engine in ("batched",) if mamlpp else ("l2l", "batched"):
         algo = copy.deepcopy(base).double()
         algo.engine = engine
         algo.zero_grad(set_to_none=True)
@@ -155,9 +171,11 @@ def bench(name: str, setting: tuple, device: torch.device, repeats: int,
                              seed=0, device=device)
     prep = Preprocess(sampler.mean, sampler.std, device)
     batches = [prep(sampler.sample(mb)) for _ in range(min(repeats, 3))]
+    mamlpp = name.startswith("mamlpp")
     torch.manual_seed(0)
     base = MAML(Conv4(channels, size, hidden=hidden), ways, inner_lr=lr,
-                adaptation_steps=steps, first_order=first_order).to(device)
+                adaptation_steps=steps, first_order=first_order,
+                **(MAMLPP if mamlpp else {})).to(device)
     row: dict = {"setting": name, "image": [channels, size, size], "ways": ways, "shots": shots,
                  "query": query, "meta_batch": mb, "steps": steps,
                  "order": 1 if first_order else 2, "repeats": repeats}
@@ -172,16 +190,18 @@ def bench(name: str, setting: tuple, device: torch.device, repeats: int,
         algo.engine = engine
         return lambda b: engine_iteration(algo, b, opt, amp, channels_last)
 
-    contenders = [("l2l_example", None, "none", False), ("l2l", "l2l", "none", False),
-                  ("batched", "batched", "none", False)]
+    contenders = [("l2l_example", None, "none", False)] * (not mamlpp) + [
+        ("l2l", "l2l", "none", False), ("batched", "batched", "none", False)]
     if device.type == "cuda":  # the speed switches; on a CPU bf16 convolutions are slower
         contenders += [("batched_bf16", "batched", "bf16", False),
                        ("batched_channels_last", "batched", "none", True)]
     for key, engine, amp, cl in contenders:
         row[f"{key}_tasks_per_s"], row[f"{key}_peak_mib"] = timed(
             contender(engine, amp, cl), batches, device, repeats)
-    for key, *_ in contenders[1:]:
-        row[f"{key}_speedup"] = row[f"{key}_tasks_per_s"] / row["l2l_example_tasks_per_s"]
+    reference = contenders[0][0]
+    row["speedup_vs"] = reference
+    for key, *_ in contenders:
+        row[f"{key}_speedup"] = row[f"{key}_tasks_per_s"] / row[f"{reference}_tasks_per_s"]
 
     # A train.py iteration: sample + normalise on the device, step, .item(), NaN check, log.
     algo = copy.deepcopy(base)
@@ -206,9 +226,11 @@ def bench(name: str, setting: tuple, device: torch.device, repeats: int,
         row["roofline_fraction"] = row["batched_tasks_per_s"] / ROOFLINE_TASKS_PER_S[name]
     grad_batch = Episodes(*(t[:grad_tasks] for t in (batches[0].support_x, batches[0].support_y,
                                                      batches[0].query_x, batches[0].query_y)))
-    for engine, err in grad_errors(base, grad_batch, steps, first_order).items():
+    for engine, err in grad_errors(base, grad_batch, steps, first_order, mamlpp).items():
         row[f"{engine}_grad_rel_err_f64"] = err
     row["grad_tasks"] = len(grad_batch)
+    for key in ("l2l_example_tasks_per_s", "l2l_example_peak_mib", "l2l_grad_rel_err_f64"):
+        row.setdefault(key, None)  # MAML++: no example loop; the l2l engine is the reference
     # bf16 autocast vs float32, same engine and tasks: what the speed switch costs in accuracy.
     grads = {}
     for amp in ("none", "bf16"):
@@ -229,13 +251,15 @@ def print_table(rows: list[dict]) -> None:
     print(head)
     print("-" * len(head))
     for r in rows:
-        peak = "/".join(f"{r[k]:.0f}" if r[k] is not None else "-" for k in
+        def f(key: str, spec: str) -> str:
+            return "-" if r[key] is None else format(r[key], spec)
+        peak = "/".join(f(k, ".0f") for k in
                         ("l2l_example_peak_mib", "l2l_peak_mib", "batched_peak_mib"))
-        print(f"{r['setting']:>20} | {r['l2l_example_tasks_per_s']:11.1f} | "
+        print(f"{r['setting']:>20} | {f('l2l_example_tasks_per_s', '.1f'):>11} | "
               f"{r['l2l_tasks_per_s']:10.1f} {r['l2l_speedup']:4.2f}x | "
               f"{r['batched_tasks_per_s']:8.1f} {r['batched_speedup']:4.2f}x | "
               f"{r['train_iteration_tasks_per_s']:8.1f} {100 * r['train_iteration_overhead']:4.0f}% | "
-              f"{r['l2l_grad_rel_err_f64']:9.1e}/{r['batched_grad_rel_err_f64']:9.1e} | "
+              f"{f('l2l_grad_rel_err_f64', '.1e'):>9}/{r['batched_grad_rel_err_f64']:9.1e} | "
               f"{peak:>19}", flush=True)
         extras = [f"{k[:-len('_tasks_per_s')]} {r[k]:.1f} tasks/s ({r[k[:-len('_tasks_per_s')] + '_speedup']:.2f}x)"
                   for k in ("batched_bf16_tasks_per_s", "batched_channels_last_tasks_per_s") if k in r]
@@ -246,7 +270,8 @@ def print_table(rows: list[dict]) -> None:
                   f"memory roofline (~{ROOFLINE_TASKS_PER_S[r['setting']]:.0f} tasks/s)")
     print("(tasks/s; x = vs learn2learn's example loop; train it = a train.py iteration "
           "around the batched step, ovh = its extra time; grad err = relative meta-gradient "
-          "error vs the example loop in float64)")
+          "error vs the example loop in float64; mamlpp_*: MSL + LSLR + per-step BN, "
+          "x and grad err vs the l2l engine)")
 
 
 def main() -> None:

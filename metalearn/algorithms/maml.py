@@ -15,10 +15,11 @@ MAML++ switches:
 Engines (`algo.engine`):
   * `l2l`: learn2learn's `MAML` wrapper, one `clone()`/`adapt()` per task: the reference.
   * `batched`: all tasks at once with torch.func (`algorithms/functional.py`); same
-    meta-gradient to float64 round-off, ~8x faster on an H100 (docs/performance.md).
-    Supports derivative-order annealing; MSL, LSLR and per-step BN run on `l2l`.
-  * `auto`: `batched` on CUDA unless a MAML++ switch needs `l2l`; on CPU `CPU_ENGINE`.
-Subclasses reuse the batched engine by overriding `inner_update` and/or `adapts`.
+    meta-gradient to float64 round-off, every MAML++ switch included; ~8x faster on an
+    H100 (docs/performance.md).
+  * `auto`: `batched` on CUDA; on CPU `CPU_ENGINE`.
+Subclasses reuse both engines through the hooks `step_lr`, `inner_update` and `adapts`
+(and `wrapper`: Meta-SGD swaps in learn2learn's MetaSGD).
 """
 from __future__ import annotations
 
@@ -39,6 +40,19 @@ ENGINES = ("auto", "batched", "l2l")
 # Kept on learn2learn's engine until a full-size CPU measurement settles it: float32 training
 # trajectories of the two engines differ chaotically, and the CPU learning tests are tuned on l2l.
 CPU_ENGINE = "l2l"
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ConfigError(f"algo.engine={engine!r}: choose one of {', '.join(ENGINES)}")
+    return engine
+
+
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """The engine that `engine` means on `device`."""
+    if engine != "auto":
+        return engine
+    return "batched" if device.type == "cuda" else CPU_ENGINE
 
 
 def msl_weights(steps: int, progress: float) -> torch.Tensor:
@@ -62,12 +76,7 @@ class MAML(MetaLearner):
                  msl_iterations: int = 0, lslr: bool = False, per_step_bn: bool = False,
                  first_order_iterations: int = 0, engine: str = "auto") -> None:
         super().__init__()
-        if engine not in ENGINES:
-            raise ConfigError(f"algo.engine={engine!r}: choose one of {', '.join(ENGINES)}")
-        if engine == "batched" and (multi_step_loss or lslr or per_step_bn):
-            raise ConfigError("algo.engine=batched does not implement multi_step_loss, lslr or "
-                              "per_step_bn yet: use algo.engine=l2l (or auto)")
-        self.engine = engine
+        self.engine = check_engine(engine)
         if multi_step_loss and msl_iterations < 1:
             raise ConfigError("algo.multi_step_loss=true needs algo.msl_iterations >= 1: the "
                               "iterations over which the loss weights anneal to the last step")
@@ -91,6 +100,8 @@ class MAML(MetaLearner):
         self.lrs = nn.ParameterList(
             [nn.Parameter(torch.full((adaptation_steps,), float(inner_lr)))
              for _ in model.parameters()]) if lslr else None
+        # learned lrs (LSLR's, Meta-SGD's) are lists in parameters() order
+        self.param_index = {n: i for i, (n, _) in enumerate(model.named_parameters())}
         self.iteration = 0
         self.on_iteration(1, 1)
 
@@ -99,30 +110,40 @@ class MAML(MetaLearner):
         return self.maml.lr
 
     @property
+    def wrapper(self) -> nn.Module:
+        """The learn2learn wrapper that the l2l engine clones per task."""
+        return self.maml
+
+    @property
     def model(self) -> nn.Module:
         """The network whose parameters adapt (the batched engine calls it functionally)."""
-        return self.maml.module
+        return self.wrapper.module
 
     def engine_for(self, device: torch.device) -> str:
-        if self.engine != "auto":
-            return self.engine
-        if self.multi_step_loss or self.lrs is not None or self.per_step_bn:
-            return "l2l"
-        return "batched" if device.type == "cuda" else CPU_ENGINE
+        return resolve_engine(self.engine, device)
 
     # --- hooks of the batched engine (override in MAML-family subclasses) ---
+    def step_lr(self, name: str, step: int) -> float | torch.Tensor:
+        """The inner lr of parameter `name` at `step`: LSLR's learned one, else `inner_lr`."""
+        if self.lrs is None:
+            return self.inner_lr
+        lr = self.lrs[self.param_index[name]]
+        return lr[min(step, len(lr) - 1)]
+
     def inner_update(self, step: int, fast: Params, grads: Params) -> Params:
         """One inner SGD step on the fast weights; `step` counts from 0."""
-        return {n: p - self.inner_lr * grads[n] for n, p in fast.items()}
+        return {n: p - self.step_lr(n, step) * grads[n] for n, p in fast.items()}
 
     def adapts(self, name: str) -> bool:
         """Whether parameter `name` of `self.model` adapts in the inner loop."""
         return True
 
-    def _batched(self, episodes: Episodes, steps: int, first_order: bool):
-        return adapt_batched(self.model, episodes.support_x, episodes.support_y,
-                             episodes.query_x, episodes.query_y, steps, self.inner_update,
-                             first_order, self.adapts)
+    def _batched(self, episodes: Episodes, steps: int, first_order: bool,
+                 step_weights: torch.Tensor | None = None) -> TaskMetrics:
+        loss, logits = adapt_batched(self.model, episodes.support_x, episodes.support_y,
+                                     episodes.query_x, episodes.query_y, steps,
+                                     self.inner_update, first_order, self.adapts, step_weights)
+        return TaskMetrics(loss, accuracy(logits.detach(), episodes.query_y))
 
     def on_iteration(self, iteration: int, total: int) -> None:
         self.iteration = iteration
@@ -149,7 +170,7 @@ class MAML(MetaLearner):
 
     def _adapt(self, x, y, steps: int, first_order: bool, query=None):
         """Adapt a clone on (x, y); with `query`, also return its logits after every step."""
-        learner = self.maml.clone(first_order=first_order)
+        learner = self.wrapper.clone()  # each adapt step gets `first_order`
         logits = []
         for step in range(steps):
             with inner_step(step):
@@ -162,8 +183,8 @@ class MAML(MetaLearner):
 
     def forward(self, episodes: Episodes) -> TaskMetrics:
         if self.engine_for(episodes.support_x.device) == "batched":
-            loss, logits = self._batched(episodes, self.adaptation_steps, self.train_first_order)
-            return TaskMetrics(loss, accuracy(logits.detach(), episodes.query_y))
+            return self._batched(episodes, self.adaptation_steps, self.train_first_order,
+                                 self.step_weights() if self.use_msl else None)
         losses, accs = [], []
         for t in range(len(episodes)):
             qx, qy = episodes.query_x[t], episodes.query_y[t]
@@ -185,8 +206,7 @@ class MAML(MetaLearner):
     def evaluate(self, episodes: Episodes) -> TaskMetrics:
         if self.engine_for(episodes.support_x.device) == "batched":
             with torch.no_grad():
-                loss, logits = self._batched(episodes, self.test_adaptation_steps, True)
-            return TaskMetrics(loss, accuracy(logits, episodes.query_y))
+                return self._batched(episodes, self.test_adaptation_steps, True)
         losses, accs = [], []
         steps = self.test_adaptation_steps
         for t in range(len(episodes)):

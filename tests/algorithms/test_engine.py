@@ -7,11 +7,15 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from metalearn.algorithms import maml as maml_module
+from metalearn.algorithms.anil import ANIL
+from metalearn.algorithms.functional import adapt_batched, sgd_update
 from metalearn.algorithms.maml import MAML
+from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.data.episodes import Episodes
 from metalearn.engine.loop import meta_step
 from metalearn.errors import ConfigError
 from metalearn.models.conv4 import Conv4
+from metalearn.models.norm import BatchNorm2d
 from metalearn.models.resnet12 import ResNet12
 from tests.conftest import compose_cfg
 
@@ -47,20 +51,104 @@ def make(backbone, first_order, steps=2, device="cpu"):
     return algo.double().to(device), size
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
-@pytest.mark.parametrize("first_order", [False, True], ids=["2nd-order", "1st-order"])
-def test_batched_meta_gradient_equals_learn2learn(backbone, first_order):
-    algo, size = make(backbone, first_order)
-    ep = episodes(size=size)
+def assert_engines_agree(algo, ep):
+    """Same losses and meta-gradient from both engines, same test scores.
+
+    Each parameter's gradient is compared on its own too, so that small ones (learned lrs)
+    count; except those whose true gradient is 0 (a conv bias before BN): round-off there.
+    Returns the relative meta-gradient error: over all parameters, worst single parameter.
+    """
     loss_ref, want = meta_gradients(algo, ep, "l2l")
+    per_param_ref = [p.grad.clone() for p in algo.parameters()]
     loss, got = meta_gradients(algo, ep, "batched")
-    assert rel(got, want) <= 1e-10
+    errors = [rel(p.grad, w) for p, w in zip(algo.parameters(), per_param_ref)
+              if w.norm() > 1e-12 * want.norm()]
+    assert rel(got, want) <= 1e-10 and max(errors) <= 1e-10
     assert torch.allclose(loss, loss_ref, rtol=1e-12)
-    # and test-time adaptation scores the same
     a, b = (copy.deepcopy(algo) for _ in range(2))
     a.engine, b.engine = "l2l", "batched"
     ma, mb = a.evaluate(ep), b.evaluate(ep)
     assert torch.allclose(ma.loss, mb.loss, rtol=1e-12) and torch.equal(ma.acc, mb.acc)
+    return rel(got, want), max(errors)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("first_order", [False, True], ids=["2nd-order", "1st-order"])
+def test_batched_meta_gradient_equals_learn2learn(backbone, first_order):
+    algo, size = make(backbone, first_order)
+    assert_engines_agree(algo, episodes(size=size))
+
+
+def scramble(algo):
+    """Distinct values in every learned-lr entry and per-step BN row: a wrong index shows."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in algo.parameters():
+            p.mul_(1 + 0.3 * torch.rand(p.shape, generator=g, dtype=p.dtype))
+    return algo
+
+
+MAMLPP = {"all": dict(multi_step_loss=True, msl_iterations=4, lslr=True, per_step_bn=True),
+          "msl": dict(multi_step_loss=True, msl_iterations=4),
+          "lslr": dict(lslr=True),
+          "per_step_bn": dict(per_step_bn=True)}
+
+
+def make_mamlpp(switches, test_steps=2):
+    torch.manual_seed(0)
+    algo = MAML(Conv4(1, 12, hidden=6), ways=3, inner_lr=0.3, adaptation_steps=2,
+                test_adaptation_steps=test_steps, **MAMLPP[switches])
+    algo.on_iteration(1, 100)  # MSL weights 1/4 of the way to the last step: [0.375, 0.625]
+    return scramble(algo.double())
+
+
+@pytest.mark.parametrize("switches", list(MAMLPP))
+def test_mamlpp_batched_meta_gradient_equals_learn2learn(switches):
+    algo = make_mamlpp(switches)
+    if algo.use_msl:
+        assert algo.step_weights().tolist() == [0.375, 0.625]
+    assert_engines_agree(algo, episodes())
+    # every step's BN row gets a meta-gradient (compared above)
+    tables = [m.weight for m in algo.modules() if isinstance(m, BatchNorm2d) and algo.per_step_bn]
+    assert all(t.grad.abs().sum(1).min() > 0 for t in tables)
+
+
+@pytest.mark.parametrize("switches", ["lslr", "per_step_bn"])
+def test_more_test_steps_than_training_steps_reuse_the_last_lrs_and_bn_row(switches):
+    # steps past the tables clamp to their last entry, on both engines alike
+    algo, ep = make_mamlpp(switches, test_steps=4), episodes()
+    assert_engines_agree(algo, ep)
+    fewer = copy.deepcopy(algo)
+    fewer.test_adaptation_steps = 2
+    assert not torch.allclose(algo.evaluate(ep).loss, fewer.evaluate(ep).loss)
+
+
+def test_metasgd_batched_meta_gradient_equals_learn2learn():
+    torch.manual_seed(0)
+    algo = MetaSGD(Conv4(1, 12, hidden=6), ways=3, inner_lr=0.3, adaptation_steps=2,
+                   test_adaptation_steps=3)
+    assert_engines_agree(scramble(algo.double()), episodes())
+    assert all(lr.grad.abs().sum() > 0 for lr in algo.meta.lrs)
+
+
+def test_anil_batched_meta_gradient_equals_learn2learn():
+    torch.manual_seed(0)
+    algo = ANIL(Conv4(1, 12, hidden=6), ways=3, inner_lr=0.3, adaptation_steps=2,
+                test_adaptation_steps=3)
+    assert_engines_agree(algo.double(), episodes())
+
+
+def test_zero_step_weights_skip_their_query_pass_exactly():
+    algo, _ = make("conv4", first_order=False)
+    ep = episodes()
+    args = (algo.model, ep.support_x, ep.support_y, ep.query_x, ep.query_y, 2,
+            sgd_update(0.3), False)
+    calls = []
+    algo.model[1].register_forward_hook(lambda *a: calls.append(1))
+    last, logits = adapt_batched(*args)
+    weighted, weighted_logits = adapt_batched(*args, step_weights=torch.tensor([0.0, 1.0]))
+    assert calls == [1] * 6  # support per step and the last query, each time
+    assert torch.equal(weighted, last) and torch.equal(weighted_logits, logits)
 
 
 def test_first_and_second_order_differ_under_the_batched_engine():
@@ -159,8 +247,16 @@ def test_engine_choice_from_config():
     assert auto.engine == "auto"
     assert auto.engine_for(torch.device("cuda")) == "batched"
     assert auto.engine_for(torch.device("cpu")) == maml_module.CPU_ENGINE
+    # every MAML-family learner, MAML++ switches included, runs batched on CUDA
+    for name in ("mamlpp", "metasgd", "anil"):
+        cfg = compose_cfg("dataset=synthetic", f"algorithm@algo={name}")
+        algo = instantiate(cfg.algo, backbone=Conv4(1, 28), ways=5)
+        assert algo.engine == "auto" and algo.engine_for(torch.device("cuda")) == "batched"
+        assert algo.engine_for(torch.device("cpu")) == maml_module.CPU_ENGINE
     with pytest.raises(ConfigError, match="algo.engine='vmap'"):
         MAML(Conv4(1, 28), ways=5, engine="vmap")
+    with pytest.raises(ConfigError, match="algo.engine='vmap'"):
+        ANIL(Conv4(1, 28), ways=5, engine="vmap")
 
 
 @pytest.mark.gpu
