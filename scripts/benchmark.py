@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import sys
@@ -34,6 +35,7 @@ sys.modules.setdefault("gym_notices", None)  # learn2learn imports gym, which pr
 import learn2learn as l2l  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.nn.utils import get_total_norm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -203,7 +205,8 @@ def bench(name: str, setting: tuple, device: torch.device, repeats: int,
     for key, *_ in contenders:
         row[f"{key}_speedup"] = row[f"{key}_tasks_per_s"] / row[f"{reference}_tasks_per_s"]
 
-    # A train.py iteration: sample + normalise on the device, step, .item(), NaN check, log.
+    # A train.py iteration: sample + normalise on the device, step, one host sync for the
+    # metrics and the NaN guard's gradient norm, log.
     algo = copy.deepcopy(base)
     algo.engine = "batched"
     opt = torch.optim.Adam(algo.parameters(), lr=1e-3)
@@ -213,8 +216,9 @@ def bench(name: str, setting: tuple, device: torch.device, repeats: int,
             batch = prep(sampler.sample(mb), train=True)
             opt.zero_grad(set_to_none=True)
             losses, accs = meta_step(algo, batch)
-            loss, acc = losses.mean().item(), accs.mean().item()
-            if loss != loss:
+            norm = get_total_norm([p.grad for p in algo.parameters() if p.grad is not None])
+            loss, acc, grad_norm = torch.stack([losses.mean(), accs.mean(), norm]).tolist()
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 raise RuntimeError("NaN loss")
             opt.step()
             if it[0] % 10 == 0:

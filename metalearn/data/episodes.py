@@ -115,6 +115,7 @@ class EpisodeSampler:
                 f"{int(split.counts[smallest])} images: lower task.shots or task.query")
         self.device = torch.device(device)
         self.split = split.to(self.device)
+        self.max_count = int(split.counts.max())  # here, not per draw: it would sync the device
         self.ways, self.shots, self.query = ways, shots, query
         self.mean, self.std = tuple(mean), tuple(std)
         self.preprocess = Preprocess(mean, std, self.device)
@@ -128,7 +129,7 @@ class EpisodeSampler:
         counts = s.counts[classes]                                   # [B, W]
         # Random keys, with positions past a class's size pushed to the end, so the n smallest
         # keys are n distinct images of that class.
-        keys = torch.rand(b, w, int(s.counts.max()), generator=g, device=dev)
+        keys = torch.rand(b, w, self.max_count, generator=g, device=dev)
         keys.masked_fill_(torch.arange(keys.shape[-1], device=dev) >= counts[..., None], 2.0)
         picks = keys.topk(n, dim=-1, largest=False).indices          # [B, W, n]
         index = s.offsets[classes][..., None] + picks

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.utils import get_total_norm
 from tqdm import tqdm
 
 from metalearn.algorithms.base import MetaLearner
@@ -183,15 +184,16 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                 batch = prep(sample["train"].sample(hi - lo), train=True)  # this rank's share
                 opt.zero_grad(set_to_none=True)
                 losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp, tc.meta_batch_size)
-                loss_sum, acc_sum = losses.sum(), accs.sum()
                 world.sum_grads(params)
-                # one reduction for the metrics and for "a rank was told to stop"
-                stats = world.sum(torch.stack([loss_sum, acc_sum,
+                # One reduction for the metrics and "a rank was told to stop", and one host sync
+                # per iteration: it carries the gradient norm too, finite iff every gradient is.
+                stats = world.sum(torch.stack([losses.sum(), accs.sum(),
                                                torch.tensor(float(stop.requested), device=device)]))
-                loss, acc, stops = (stats / tc.meta_batch_size).tolist()
+                norm = get_total_norm([p.grad for p in params if p.grad is not None])
+                loss, acc, stops, grad_norm = torch.cat(
+                    [stats / tc.meta_batch_size, norm.to(stats.dtype)[None]]).tolist()
                 stopping = stops > 0
-                finite = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
-                if math.isfinite(loss) and torch.stack(finite).all().item():
+                if math.isfinite(loss) and math.isfinite(grad_norm):
                     opt.step()
                     bad_run = 0
                 else:  # skip the step: weights and optimizer state stay as they were
@@ -207,7 +209,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                     scheduler.step()
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best_val=f"{max(best_val, 0):.3f}")
                 if it % tc.log_every == 0 or it == 1:
-                    logger.log(it, {"train/loss": loss, "train/acc": acc,
+                    logger.log(it, {"train/loss": loss, "train/acc": acc, "train/grad_norm": grad_norm,
                                     "train/lr": opt.param_groups[0]["lr"]})
                 evaluated, improved = it % tc.eval_every == 0 or it == tc.iterations, False
                 if evaluated:
