@@ -52,6 +52,8 @@ FULL = {
     "mini_5w1s_1st": (3, 84, 5, 1, 15, 32, 5, 0.01, True, None),
     "omniglot_20w1s_2nd": (1, 28, 20, 1, 5, 16, 5, 0.1, False, None),
     "omniglot_20w1s_1st": (1, 28, 20, 1, 5, 16, 5, 0.1, True, None),
+    # the README's main job (experiment=omniglot_5w1s_cpu): what decides the CPU default
+    "omniglot_5w1s_main": (1, 28, 5, 1, 5, 8, 1, 0.4, False, None),
     "mamlpp_mini_5w1s_2nd": (3, 84, 5, 1, 15, 32, 5, 0.01, False, None),
 }
 SMALL = {

@@ -35,10 +35,9 @@ from metalearn.errors import ConfigError
 from metalearn.models.norm import BatchNorm2d, inner_step
 
 ENGINES = ("auto", "batched", "l2l")
-# On a CPU, time goes to convolutions and vmap buys little: ENGINEERING.md §4 measured 0.8-1.1x
-# at full sizes; scripts/benchmark.py --small measured 1.5-2.8x on tiny nets (docs/performance.md).
-# Kept on learn2learn's engine until a full-size CPU measurement settles it: float32 training
-# trajectories of the two engines differ chaotically, and the CPU learning tests are tuned on l2l.
+# On a CPU, time goes to convolutions and vmap buys nothing at full size: batched vs l2l measured
+# 1.03x on the README's main job (1 step) and 0.73x on Omniglot 20w1s (5 steps); only tiny nets
+# gain (docs/performance.md).
 CPU_ENGINE = "l2l"
 
 
