@@ -89,6 +89,7 @@ class MAML(MetaLearner):
                 m.per_step(adaptation_steps)
         model = nn.Sequential(backbone, nn.Linear(backbone.out_features, ways))
         self.maml = l2l.algorithms.MAML(model, lr=inner_lr, first_order=first_order)
+        self.inner_lr = inner_lr  # Meta-SGD: the learned lrs' initial value
         self.adaptation_steps = adaptation_steps
         self.test_adaptation_steps = test_adaptation_steps or adaptation_steps
         self.first_order = first_order
@@ -103,10 +104,6 @@ class MAML(MetaLearner):
         self.param_index = {n: i for i, (n, _) in enumerate(model.named_parameters())}
         self.iteration = 0
         self.on_iteration(1, 1)
-
-    @property
-    def inner_lr(self) -> float:
-        return self.maml.lr
 
     @property
     def wrapper(self) -> nn.Module:

@@ -28,6 +28,7 @@ def test_metasgd_learned_lrs_get_meta_gradients_and_change_the_adaptation():
     loss = algo(ep).loss.sum()
     loss.backward()
     assert len(algo.meta.lrs) == len(list(algo.meta.module.parameters()))
+    assert algo.inner_lr == 0.3 and torch.allclose(algo.meta.lrs[0], torch.tensor(0.3).double())
     for lr, p in zip(algo.meta.lrs, algo.meta.module.parameters()):
         assert lr.shape == p.shape and lr.grad is not None
     assert sum(lr.grad.abs().sum() for lr in algo.meta.lrs) > 0
