@@ -37,6 +37,19 @@ class DenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, T, C] -> [N, T, C + filters]
         h = self.conv(F.pad(x.transpose(1, 2), (self.dilation, 0))).transpose(1, 2)
+        return self._gate(x, h)
+
+    def extend(self, prefix: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """`forward`'s output at one more position after `prefix` [N, T, C], for each of the
+        inputs `last` [N, Q, C] on its own: -> [N, Q, C + filters]."""
+        w = self.conv.weight  # [2F, C, 2]: tap 0 reads position t - dilation, tap 1 reads t
+        h = last @ w[:, :, 1].t() + self.conv.bias
+        if prefix.shape[1] >= self.dilation:  # else tap 0 reads the zero padding
+            h = h + (prefix[:, -self.dilation] @ w[:, :, 0].t())[:, None]
+        return self._gate(last, h)
+
+    @staticmethod
+    def _gate(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         f, g = h.chunk(2, dim=-1)
         return torch.cat([x, torch.tanh(f) * torch.sigmoid(g)], dim=-1)
 
@@ -59,6 +72,16 @@ class AttentionBlock(nn.Module):
         read = F.scaled_dot_product_attention(self.query(x), self.key(x), self.value(x),
                                               is_causal=True)
         return torch.cat([x, read], dim=-1)
+
+    def extend(self, prefix: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """`forward`'s output at one more position after `prefix` [N, T, C], for each of the
+        inputs `last` [N, Q, C] on its own: each attends to the prefix and to itself."""
+        q, k, v = self.query(last), self.key(last), self.value(last)
+        scores = torch.cat([q @ self.key(prefix).transpose(1, 2), (q * k).sum(-1, keepdim=True)],
+                           dim=-1) / math.sqrt(q.shape[-1])
+        attn = scores.softmax(-1)
+        read = attn[..., :-1] @ self.value(prefix) + attn[..., -1:] * v
+        return torch.cat([last, read], dim=-1)
 
 
 class SNAIL(MetaLearner):
@@ -92,9 +115,12 @@ class SNAIL(MetaLearner):
         labels = F.one_hot(sy.gather(1, order), self.ways).to(z.dtype)
         support = torch.cat([zs, labels], -1)                                   # [B, S, D+W]
         query = torch.cat([z[:, s:], z.new_zeros(b, q, self.ways)], -1)        # [B, Q, D+W]
-        seq = torch.cat([support[:, None].expand(-1, q, -1, -1), query[:, :, None]], 2)
-        h = self.sequence(seq.flatten(0, 1))                                    # [B*Q, S+1, C]
-        return self.out(h[:, -1]).view(b, q, self.ways)
+        # Each query's sequence is the supports then itself; causality makes the supports'
+        # activations the same in all of them, so they are computed once per task, and each
+        # query adds only its own last position: O(S + Q) per task, not O(S * Q).
+        for block in self.sequence:
+            support, query = block(support), block.extend(support, query)
+        return self.out(query)
 
     @staticmethod
     def _metrics(logits: torch.Tensor, labels: torch.Tensor) -> TaskMetrics:

@@ -203,6 +203,20 @@ def test_snail_classifies_each_query_from_the_supports_alone_in_one_pass():
     assert not torch.allclose(algo._logits(relabelled, torch.Generator().manual_seed(0)), ref)
 
 
+def test_snail_support_prefix_computed_once_equals_one_full_sequence_per_query():
+    algo = snail(shots=3)  # 9 supports: TC dilations 1, 2, 4, 8 all reach inside the prefix
+    ep = random_task(ways=3, shots=3, query=2, size=12, seed=1)
+    got = algo._logits(ep, torch.Generator().manual_seed(0))
+    # the paper's form: the sequence [supports in the same shuffled order, the query], per query
+    order = torch.rand(1, 9, generator=torch.Generator().manual_seed(0)).argsort(1)[0]
+    z = algo.backbone(torch.cat([ep.support_x[0], ep.query_x[0]]))
+    support = torch.cat([z[:9][order], F.one_hot(ep.support_y[0][order], 3).double()], -1)
+    for i in range(6):
+        query = torch.cat([z[9 + i], torch.zeros(3, dtype=torch.float64)])
+        h = algo.sequence(torch.cat([support, query[None]])[None])
+        assert torch.allclose(algo.out(h[0, -1]), got[0, i], rtol=1e-10, atol=1e-12)
+
+
 def test_snail_meta_gradient_reaches_backbone_and_every_block():
     algo = snail(backbone=small(), shots=2)
     algo(random_task(ways=3, shots=2, query=2)).loss.sum().backward()
