@@ -133,5 +133,4 @@ class SNAIL(MetaLearner):
     def evaluate(self, episodes: Episodes) -> TaskMetrics:
         g = torch.Generator(episodes.support_x.device).manual_seed(EVAL_ORDER_SEED)
         with torch.no_grad():
-            m = self._metrics(self._logits(episodes, g), episodes.query_y)
-        return TaskMetrics(m.loss, m.acc)
+            return self._metrics(self._logits(episodes, g), episodes.query_y)
