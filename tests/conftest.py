@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 import metalearn  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = str(ROOT / "configs")
+CONFIGS = str(ROOT / "metalearn" / "configs")
 # CI lays the shared data beside the checkout; METALEARN_DATA_DIR overrides.
 DATA_DIR = Path(os.environ.get("METALEARN_DATA_DIR", ROOT.parent / "shared" / "data"))
 

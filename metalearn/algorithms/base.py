@@ -2,7 +2,7 @@
 
 A meta-learner owns its model, takes a batch of tasks and returns each task's query loss and
 accuracy. It knows nothing of files, loggers or devices: the loop moves data and the module.
-Adding an algorithm is one file here plus one YAML in configs/algorithm/.
+Adding an algorithm is one file here plus one YAML in metalearn/configs/algorithm/.
 """
 from __future__ import annotations
 

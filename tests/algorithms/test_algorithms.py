@@ -162,12 +162,12 @@ def test_ways_limits_per_learner():
 def test_algorithm_configs_build_their_learner():
     for name, cls in [("maml", MAML), ("fomaml", MAML), ("mamlpp", MAML), ("metasgd", MetaSGD),
                       ("anil", ANIL), ("protonet", ProtoNet), ("snail", SNAIL)]:
-        cfg = compose_cfg("dataset=synthetic", f"algorithm@algo={name}")
+        cfg = compose_cfg("dataset=synthetic", f"algorithm={name}")
         algo = instantiate(cfg.algo, backbone=small(), ways=cfg.task.ways)
         assert type(algo) is cls
-    cfg = compose_cfg("dataset=synthetic", "algorithm@algo=fomaml")
+    cfg = compose_cfg("dataset=synthetic", "algorithm=fomaml")
     assert cfg.algo.first_order is True and cfg.algo.inner_lr == 0.4
-    pp = compose_cfg("dataset=synthetic", "algorithm@algo=mamlpp").algo
+    pp = compose_cfg("dataset=synthetic", "algorithm=mamlpp").algo
     assert pp.multi_step_loss and pp.lslr and pp.per_step_bn and pp.first_order_iterations > 0
     plain = compose_cfg("dataset=synthetic").algo
     assert not (plain.multi_step_loss or plain.lslr or plain.per_step_bn)

@@ -249,7 +249,7 @@ def test_engine_choice_from_config():
     assert auto.engine_for(torch.device("cpu")) == maml_module.CPU_ENGINE
     # every MAML-family learner, MAML++ switches included, runs batched on CUDA
     for name in ("mamlpp", "metasgd", "anil"):
-        cfg = compose_cfg("dataset=synthetic", f"algorithm@algo={name}")
+        cfg = compose_cfg("dataset=synthetic", f"algorithm={name}")
         algo = instantiate(cfg.algo, backbone=Conv4(1, 28), ways=5)
         assert algo.engine == "auto" and algo.engine_for(torch.device("cuda")) == "batched"
         assert algo.engine_for(torch.device("cpu")) == maml_module.CPU_ENGINE

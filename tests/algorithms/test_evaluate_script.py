@@ -24,7 +24,7 @@ def evaluate(*args):
 
 @pytest.mark.parametrize("algorithm", ["maml", "protonet", "snail"])
 def test_evaluate_reproduces_the_runs_test_number(tmp_path, algorithm):
-    cfg = compose_cfg(*FAST, f"algorithm@algo={algorithm}", "dataset.image_size=12",
+    cfg = compose_cfg(*FAST, f"algorithm={algorithm}", "dataset.image_size=12",
                       "backbone.hidden=8", "trainer.lr_schedule=cosine")
     results = train(cfg, tmp_path)
     assert torch.load(tmp_path / "last.pt", weights_only=False)["scheduler"]["last_epoch"] == 4
@@ -42,8 +42,8 @@ def test_evaluate_reproduces_the_runs_test_number(tmp_path, algorithm):
 
 def test_other_ways_work_for_protonet_and_are_a_config_error_for_maml(tmp_path):
     common = [*FAST, "dataset.image_size=12", "backbone.hidden=8", "trainer.iterations=1"]
-    train(compose_cfg(*common, "algorithm@algo=protonet"), tmp_path / "proto")
-    train(compose_cfg(*common, "algorithm@algo=maml"), tmp_path / "maml")
+    train(compose_cfg(*common, "algorithm=protonet"), tmp_path / "proto")
+    train(compose_cfg(*common, "algorithm=maml"), tmp_path / "maml")
     script.run([f"run_dir={tmp_path}/proto", "task.ways=10"])
     assert json.loads((tmp_path / "proto" / "eval-test-10w1s2q-6ep-best.json").read_text())["ways"] == 10
     proc = evaluate(f"run_dir={tmp_path}/maml", "task.ways=10")

@@ -24,7 +24,7 @@ ITERATIONS = {"snail": 100}
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_training_beats_chance_and_the_untrained_learner(tmp_path, algorithm):
-    overrides = [*LEARNABLE, f"algorithm@algo={algorithm}", *EXTRA.get(algorithm, [])]
+    overrides = [*LEARNABLE, f"algorithm={algorithm}", *EXTRA.get(algorithm, [])]
     before = train(compose_cfg(*overrides, "trainer.iterations=1"), tmp_path / "a")
     iterations = ITERATIONS.get(algorithm, 30)
     after = train(compose_cfg(*overrides, f"trainer.iterations={iterations}"), tmp_path / "b")
@@ -36,7 +36,7 @@ def test_training_beats_chance_and_the_untrained_learner(tmp_path, algorithm):
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_train_py_runs_each_algorithm_end_to_end(tmp_path, algorithm):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *FAST, f"algorithm@algo={algorithm}",
+        [sys.executable, str(ROOT / "train.py"), *FAST, f"algorithm={algorithm}",
          "trainer.iterations=2", "dataset.image_size=12", "backbone.hidden=8",
          f"hydra.run.dir={tmp_path}/run"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300)

@@ -10,7 +10,7 @@ import fixtures
 from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import EpisodeSampler
 
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIGS = str(Path(__file__).resolve().parents[2] / "metalearn" / "configs")
 pytestmark = pytest.mark.usefixtures("private_cache")
 
 CASES = {  # config name -> (fixture writer, extra overrides, image shape)

@@ -70,7 +70,7 @@ def test_backbone_config_builds_the_way_the_training_loop_calls_it():
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    configs = str(Path(__file__).resolve().parents[2] / "configs")
+    configs = str(Path(__file__).resolve().parents[2] / "metalearn" / "configs")
     with initialize_config_dir(config_dir=configs, version_base="1.3"):
         cfg = compose("train", overrides=["backbone=resnet12", "backbone.channels=[8,12,16,24]",
                                           "backbone.drop_block=true",

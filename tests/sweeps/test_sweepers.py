@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tests.conftest import CONFIGS, ROOT, compose_cfg
 from tests.sweeps.conftest import TINY, train_cli
 
-SWEEP_FILES = sorted((ROOT / "configs" / "wandb_sweeps").glob("*.yaml"))
+SWEEP_FILES = sorted((ROOT / "sweeps" / "wandb").glob("*.yaml"))
 
 
 def test_optuna_sweep_writes_best_params(tmp_path):
@@ -81,7 +81,7 @@ def test_wandb_sweep_file_arguments_are_hydra_overrides(sweep_file):
 
 def test_wandb_agent_command_runs_through_train_py_parser(tmp_path):
     """The rendered command, as a process: train.py's Hydra parser accepts it."""
-    values, argv = next(_agent_commands(ROOT / "configs" / "wandb_sweeps" / "maml_omniglot_grid.yaml"))
+    values, argv = next(_agent_commands(ROOT / "sweeps" / "wandb" / "maml_omniglot_grid.yaml"))
     proc = subprocess.run([*argv, "--cfg", "job"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
