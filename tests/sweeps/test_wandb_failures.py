@@ -64,3 +64,43 @@ def test_best_checkpoint_is_logged_as_artifact_when_asked(tmp_path):
     assert art["type"] == "model" and art["name"].startswith("model-")
     assert [e["path"] for e in art["manifest"]["contents"]] == ["best.pt"]
     assert "val/best_acc" in json.loads(art["metadata"])
+
+
+def _blackhole():
+    """A server whose connections hang, as behind a firewall that drops packets: a listening
+    socket whose accept queue is full (Linux then drops new SYNs)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    waiting = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(server.getsockname())
+        waiting.append(c)
+    time.sleep(0.2)
+    return server, waiting
+
+
+def test_unreachable_server_falls_back_without_waiting_for_the_init_timeout(tmp_path, monkeypatch):
+    from metalearn.tracking import WandbTracker
+
+    server, waiting = _blackhole()
+    url = "http://127.0.0.1:%d" % server.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    tracker = WandbTracker(mode="online", connect_timeout=2, init_timeout=60)
+    start = time.time()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tracker.start(compose_cfg(*WANDB), tmp_path)
+        took = time.time() - start
+        tracker.finish(0, False, False)
+    finally:
+        for s in (server, *waiting):
+            s.close()
+    assert tracker.mode == "offline"
+    assert any(f"W&B could not start online (ConnectionError: cannot reach {url}" in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+    assert took < 30, f"the fallback took {took:.0f} s"
