@@ -86,6 +86,11 @@ def _swept_keys(sweep_dir: Path, hc: Any) -> set[str]:
     return keys | {o.key_or_group for o in overrides if o.is_sweep_override()}
 
 
+def _base_url(wandb: Any) -> str:
+    # The environment first: wandb.setup() keeps the settings of the first run in a process.
+    return os.environ.get("WANDB_BASE_URL") or wandb.setup().settings.base_url
+
+
 class Tracker:
     """A metrics destination besides metrics.jsonl; this one (`logger=none`) keeps nothing."""
 
@@ -228,7 +233,7 @@ class WandbTracker(Tracker):
             return "offline" if env == "dryrun" else env
         if os.environ.get("WANDB_API_KEY"):
             return "online"
-        host = urlparse(wandb.setup().settings.base_url).hostname or ""
+        host = urlparse(_base_url(wandb)).hostname or ""
         try:
             return "online" if netrc.netrc().authenticators(host) is not None else "offline"
         except (OSError, netrc.NetrcParseError):
@@ -237,7 +242,7 @@ class WandbTracker(Tracker):
     def _check_reachable(self, wandb: Any) -> None:
         """One TCP connect to the server first: an unreachable one fails in `connect_timeout`
         seconds, where `wandb.init` would wait its whole `init_timeout`."""
-        url = urlparse(wandb.setup().settings.base_url)
+        url = urlparse(_base_url(wandb))
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             socket.create_connection((url.hostname, port), timeout=self.connect_timeout).close()
