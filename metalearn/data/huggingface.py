@@ -51,6 +51,7 @@ def load_huggingface(name: str, image_column: str = "image", label_column: str =
         chosen = {"all": list(parts)}
     mode = "RGB" if channels == 3 else "L"
     key = fingerprint([Path(f["filename"]) for d in parts.values() for f in d.cache_files],
+                      # datasets' own hash of the content (public only as this attribute)
                       source=[(s, parts[s]._fingerprint) for s in parts], chosen=chosen,
                       image_column=image_column, label_column=label_column,
                       image_size=image_size, mode=mode, v=1)

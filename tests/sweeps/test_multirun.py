@@ -87,3 +87,17 @@ def test_a_failing_job_does_not_end_the_multirun(tmp_path):
     assert "error: task.ways=30 but the val split has only 16 classes" in proc.stderr
     assert not (sweep / "0" / "results.json").exists()
     assert (sweep / "1" / "results.json").exists()  # ...after running the next job
+
+
+def test_swept_keys_are_the_sweep_overrides_and_the_sweepers_search_space(tmp_path):
+    from omegaconf import OmegaConf
+
+    from metalearn.tracking import _swept_keys
+
+    asked = ["dataset=synthetic", "algo.inner_lr=0.1,0.2", "task.shots=range(1,3)", "seed=0",
+             "+trainer.extra=choice(a,b)"]
+    OmegaConf.save({"hydra": {"overrides": {"task": asked}}}, tmp_path / "multirun.yaml")
+    hc = OmegaConf.create({"sweeper": {"params": {"optimizer.lr": "interval(0.001, 0.01)"}},
+                           "overrides": {"task": ["algo.inner_lr=0.1"]}})
+    assert _swept_keys(tmp_path, hc) == {"algo.inner_lr", "task.shots", "trainer.extra",
+                                         "optimizer.lr"}
