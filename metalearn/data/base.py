@@ -12,6 +12,9 @@ import torch
 
 from metalearn.errors import DataError
 
+# The meta-splits every dataset has, classes disjoint between them.
+SPLITS = ("train", "val", "test")
+
 
 @dataclass
 class ImageSplit:
@@ -80,8 +83,13 @@ class FewShotDataset:
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise DataError(f"{self.name}: mean/std need {self.channels} values")
 
+    @classmethod
+    def from_splits(cls, name: str, splits: dict[str, ImageSplit], mean: tuple[float, ...],
+                    std: tuple[float, ...]) -> "FewShotDataset":
+        return cls(name, *(splits[s] for s in SPLITS), tuple(mean), tuple(std))
+
     def splits(self) -> dict[str, ImageSplit]:
-        return {"train": self.train, "val": self.val, "test": self.test}
+        return {s: getattr(self, s) for s in SPLITS}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metalearn.data.base import FewShotDataset, ImageSplit
+from metalearn.data import stats
+from metalearn.data.base import SPLITS, FewShotDataset, ImageSplit
 from metalearn.data.cache import cached_splits, fingerprint
-from metalearn.data.readers import (DATA_DIR_HINT, check_disjoint, class_folders, decode_images,
-                                    grouped_split, image_files, load_pickle, resize_uint8,
-                                    str_keys, subset_classes)
+from metalearn.data.readers import (DATA_DIR_HINT, check_disjoint, class_folders, grouped_split,
+                                    load_pickle, read_class_folders, resize_uint8, str_keys,
+                                    subset_classes)
 from metalearn.errors import DataError
 
 CIFAR100_HIERARCHY = {
@@ -83,10 +84,6 @@ FC100_SUPERCLASSES = {
 FC100_SPLIT = {s: [c for sc in scs for c in CIFAR100_HIERARCHY[sc]]
                for s, scs in FC100_SUPERCLASSES.items()}
 
-# Pixel statistics of CIFAR-100 (as used by MetaOptNet, Lee et al. 2019).
-MEAN = (129.37731888 / 255, 124.10583864 / 255, 112.47758569 / 255)
-STD = (68.20947949 / 255, 65.43124043 / 255, 70.45866994 / 255)
-SPLITS = ("train", "val", "test")
 CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz (extract it in <root>)"
 FC100_SOURCE = "https://zenodo.org/record/7978538 (fc100.zip, learn2learn's mirror)"
 CIFAR_LAYOUT = "<root>/cifar-100-python/{train,test,meta}"
@@ -109,7 +106,7 @@ def load_fc100(root: str | Path, image_size: int = 32, download: bool = True) ->
     if _python_dir(root) is None and any(p.exists() for p in pickles):
         splits = _from_fc100_pickles(pickles, image_size)
         check_disjoint(splits, "FC100")
-        return FewShotDataset("fc100", splits["train"], splits["val"], splits["test"], MEAN, STD)
+        return FewShotDataset.from_splits("fc100", splits, *stats.CIFAR100)
     everything = _from_python(root, image_size, download, "FC100",
                               f"{CIFAR_LAYOUT} or <root>/FC100_{{train,val,test}}.pickle")
     return _dataset("fc100", everything, FC100_SPLIT)
@@ -122,8 +119,8 @@ def _dataset(name: str, everything: ImageSplit, split: dict[str, list[str]]) -> 
         raise DataError(f"{name}: the data has no class {absent[0]!r} ({len(absent)} of the "
                         f"split's classes are missing): it is not complete CIFAR-100; download "
                         f"it again from {CIFAR_SOURCE}")
-    train, val, test = (subset_classes(everything, [ids[c] for c in split[s]], s) for s in SPLITS)
-    return FewShotDataset(name, train, val, test, MEAN, STD)
+    parts = {s: subset_classes(everything, [ids[c] for c in split[s]], s) for s in SPLITS}
+    return FewShotDataset.from_splits(name, parts, *stats.CIFAR100)
 
 
 def _python_dir(root: Path) -> Path | None:
@@ -191,21 +188,11 @@ def _read_python(base: Path, image_size: int) -> ImageSplit:
 
 def _from_class_folders(data: Path, image_size: int) -> ImageSplit:
     folders = class_folders(data)
-    per_class = [image_files(d) for d in folders]
-    empty = [d for d, fs in zip(folders, per_class) if not fs]
-    if not folders or empty:
-        where = empty[0] if empty else data
-        raise DataError(f"{where} holds no images: expected <root>/cifarfs/cifar100/data/"
+    if not folders:
+        raise DataError(f"{data} holds no class folders: expected <root>/cifarfs/cifar100/data/"
                         f"<class>/*.png; download CIFAR-100 again from {CIFAR_SOURCE}")
-    files = [f for fs in per_class for f in fs]
-    key = fingerprint(files, image_size=image_size, v=1)
-
-    def build() -> dict[str, ImageSplit]:
-        labels = [c for c, fs in enumerate(per_class) for _ in fs]
-        return {"all": grouped_split(decode_images(files, image_size, "RGB"), labels,
-                                     [d.name for d in folders], "all")}
-
-    return cached_splits("cifarfs-folders", key, build)["all"]
+    return read_class_folders(folders, image_size, "RGB", "cifarfs-folders",
+                              f"download CIFAR-100 again from {CIFAR_SOURCE}")
 
 
 def _from_fc100_pickles(pickles: list[Path], image_size: int) -> dict[str, ImageSplit]:

@@ -16,17 +16,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from metalearn.data.base import FewShotDataset, ImageSplit
-from metalearn.data.cache import cached_splits, fingerprint
-from metalearn.data.readers import (DATA_DIR_HINT, class_folders, decode_images, grouped_split,
-                                    image_files, subset_classes)
+from metalearn.data import stats
+from metalearn.data.base import SPLITS, FewShotDataset
+from metalearn.data.readers import DATA_DIR_HINT, class_folders, read_class_folders, subset_classes
 from metalearn.errors import ConfigError, DataError
 
 SOURCE = "https://data.caltech.edu/records/65de6-vp158 (CUB_200_2011.tgz, extract it in <root>)"
 LAYOUT = "<root>/CUB_200_2011/images/<NNN.Species_Name>/*.jpg, with root=<data_dir> by default"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SPLITS = ("train", "val", "test")
 
 _META_DATASET_VAL = {44, 51, 52, 55, 57, 61, 64, 66, 68, 72, 76, 80, 84, 96, 113, 121, 127, 136,
                      140, 145, 150, 155, 159, 162, 172, 176, 178, 198, 199, 200}
@@ -62,20 +58,8 @@ def load_cub(root: str | Path, image_size: int = 84, split: str = "closer_look")
     images_dir = _images_dir(Path(root).expanduser())
     folders = class_folders(images_dir)
     numbers = [_species_number(d) for d in folders]
-    per_class = [image_files(d) for d in folders]
-    for d, fs in zip(folders, per_class):
-        if not fs:
-            raise DataError(f"CUB class folder {d} holds no images: restore it from {SOURCE} or "
-                            f"remove the folder")
-    key = fingerprint([f for fs in per_class for f in fs], image_size=image_size, v=1)
-
-    def build() -> dict[str, ImageSplit]:
-        files = [f for fs in per_class for f in fs]
-        labels = [c for c, fs in enumerate(per_class) for _ in fs]
-        return {"all": grouped_split(decode_images(files, image_size, "RGB"), labels,
-                                     [d.name for d in folders], "all")}
-
-    everything = cached_splits("cub", key, build)["all"]
+    everything = read_class_folders(folders, image_size, "RGB", "cub",
+                                    f"restore it from {SOURCE} or remove the folder")
     rule = SPLIT_RULES[split]
     parts = {}
     for s in SPLITS:
@@ -85,8 +69,7 @@ def load_cub(root: str | Path, image_size: int = 84, split: str = "closer_look")
                             f"{images_dir} belongs to the {s} split (200 are expected): "
                             f"extract {SOURCE} completely")
         parts[s] = subset_classes(everything, ids, s)
-    return FewShotDataset("cub", parts["train"], parts["val"], parts["test"], IMAGENET_MEAN,
-                          IMAGENET_STD)
+    return FewShotDataset.from_splits("cub", parts, *stats.IMAGENET)
 
 
 def _species_number(folder: Path) -> int:

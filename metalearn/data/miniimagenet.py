@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from metalearn.data.base import FewShotDataset, ImageSplit
+from metalearn.data import stats
+from metalearn.data.base import SPLITS, FewShotDataset, ImageSplit
 from metalearn.data.cache import cached_splits, fingerprint
 from metalearn.data.readers import (DATA_DIR_HINT, check_disjoint, decode_images, grouped_split,
                                     load_pickle, nhwc_to_nchw, require_dir, resize_uint8,
                                     str_keys)
 from metalearn.errors import ConfigError, DataError
 
-SPLITS = ("train", "val", "test")
 PICKLES = {"train": "mini-imagenet-cache-train.pkl", "val": "mini-imagenet-cache-validation.pkl",
            "test": "mini-imagenet-cache-test.pkl"}
 CSVS = {s: f"{s}.csv" for s in SPLITS}
@@ -32,9 +32,6 @@ CSV_SOURCE = f"{CSV_REPO} (the CSVs; the images are cut from ImageNet by that re
 LAYOUT = ("<root>/mini-imagenet-cache-{train,validation,test}.pkl (learn2learn) or "
           "<root>/images/*.jpg + <root>/{train,val,test}.csv (Ravi & Larochelle), with "
           "root=<data_dir>/mini-imagenet by default")
-# Pixel statistics of the training split (as used by MetaOptNet, Lee et al. 2019).
-MEAN = (120.39586422 / 255, 115.59361427 / 255, 104.54012653 / 255)
-STD = (70.68188272 / 255, 68.27635443 / 255, 72.54505529 / 255)
 
 
 def load_miniimagenet(root: str | Path, image_size: int = 84,
@@ -50,8 +47,7 @@ def load_miniimagenet(root: str | Path, image_size: int = 84,
     else:
         raise ConfigError(f"dataset.layout={layout!r}: use auto, pickle or csv")
     check_disjoint(splits, "mini-ImageNet")
-    return FewShotDataset("miniimagenet", splits["train"], splits["val"], splits["test"], MEAN,
-                          STD)
+    return FewShotDataset.from_splits("miniimagenet", splits, *stats.MINIIMAGENET)
 
 
 def _detect(root: Path) -> str:

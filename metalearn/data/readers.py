@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from metalearn.data.base import ImageSplit
-from metalearn.errors import DataError
+from metalearn.data.base import SPLITS, ImageSplit
+from metalearn.data.cache import cached_splits, fingerprint
+from metalearn.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm"})
@@ -258,6 +259,62 @@ def image_files(folder: Path) -> list[Path]:
 def class_folders(folder: Path) -> list[Path]:
     # Hidden folders (.git, .ipynb_checkpoints, old .metalearn-cache dirs) are not classes.
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def read_class_folders(folders: Sequence[Path], image_size: int | None, mode: str,
+                       cache_name: str, fix: str) -> ImageSplit:
+    """Every image of `folders` (one class each), decoded once into one split and cached.
+
+    `mode` is PIL's 'RGB' or 'L'; `fix` ends the error for a folder with no images.
+    """
+    per_class = [image_files(d) for d in folders]
+    for d, fs in zip(folders, per_class):
+        if not fs:
+            raise DataError(f"class folder {d} holds no images (.jpg, .png, ...): {fix}")
+    files = [f for fs in per_class for f in fs]
+    key = fingerprint(files, image_size=image_size, mode=mode, v=1)
+
+    def build() -> dict[str, ImageSplit]:
+        labels = [c for c, fs in enumerate(per_class) for _ in fs]
+        return {"all": grouped_split(decode_images(files, image_size, mode), labels,
+                                     [d.name for d in folders], "all")}
+
+    return cached_splits(cache_name, key, build)["all"]
+
+
+def split_by_ratio(n: int, ratios: Sequence[float], seed: int,
+                   what: str) -> dict[str, list[int]]:
+    """Class ids 0..n-1 split at random into train/val/test by `ratios` (fractions of classes)."""
+    if len(ratios) != 3 or min(ratios) <= 0 or abs(sum(ratios) - 1) > 1e-6:
+        raise ConfigError(f"dataset.split_ratios={list(ratios)}: give three positive fractions "
+                          f"(train, val, test) that add up to 1")
+    n_val, n_test = round(n * ratios[1]), round(n * ratios[2])
+    sizes = [n - n_val - n_test, n_val, n_test]
+    if min(sizes) < 1:
+        raise DataError(f"{what} has {n} classes, which split by {list(ratios)} into {sizes} "
+                        f"classes: every split needs at least one; add classes or change "
+                        f"dataset.split_ratios")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return {s: sorted(ids.tolist()) for s, ids in zip(SPLITS, torch.split(perm, sizes))}
+
+
+def split_by_lists(names: Sequence[str], lists: dict[str, Sequence[str]], where: dict[str, str],
+                   absent: str) -> dict[str, list[int]]:
+    """Class ids per split from lists of class names; `where[s]` names list s in errors,
+    `absent` says where a listed class was looked for."""
+    ids = {n: i for i, n in enumerate(names)}
+    out = {}
+    for s in SPLITS:
+        listed = list(dict.fromkeys(lists.get(s) or []))
+        if not listed:
+            raise DataError(f"{where[s]} lists no classes, so the {s} split would be empty: "
+                            f"add class names")
+        unknown = [c for c in listed if c not in ids]
+        if unknown:
+            raise DataError(f"{where[s]} lists {len(unknown)} classes with no {absent}, e.g. "
+                            f"{unknown[0]!r} (there are e.g. {list(names)[:5]}): fix the names")
+        out[s] = [ids[c] for c in listed]
+    return out
 
 
 def check_disjoint(splits: dict[str, ImageSplit], dataset: str) -> None:

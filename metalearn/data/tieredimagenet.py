@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from metalearn.data.base import FewShotDataset, ImageSplit
+from metalearn.data import stats
+from metalearn.data.base import SPLITS, FewShotDataset, ImageSplit
 from metalearn.data.cache import cached_splits, fingerprint
-from metalearn.data.miniimagenet import MEAN, STD
 from metalearn.data.readers import (as_bytes, check_disjoint, decode_images, grouped_split,
                                     load_pickle, require_dir, str_keys)
 from metalearn.errors import DataError
 
-SPLITS = ("train", "val", "test")
 SOURCE = ("https://zenodo.org/record/7978538 (learn2learn's mirror: rename "
           "tiered-imagenet-<file> to <file>) or the tiered_imagenet.tar linked from "
           "github.com/renmengye/few-shot-ssl-public")
@@ -45,8 +44,7 @@ def load_tieredimagenet(root: str | Path, image_size: int = 84) -> FewShotDatase
     splits = cached_splits("tieredimagenet", key,
                            lambda: {s: _read_split(root, s, image_size) for s in SPLITS})
     check_disjoint(splits, "tiered-ImageNet")
-    return FewShotDataset("tieredimagenet", splits["train"], splits["val"], splits["test"],
-                          MEAN, STD)
+    return FewShotDataset.from_splits("tieredimagenet", splits, *stats.MINIIMAGENET)
 
 
 def _labels(path: Path) -> tuple[np.ndarray, list[str] | None]:

@@ -99,8 +99,7 @@ def resume_config(cfg: DictConfig, state: dict[str, Any], use_saved: bool) -> Di
     if cfg.trainer.iterations < state["iteration"]:
         raise ConfigError(f"trainer.iterations={cfg.trainer.iterations} but the checkpoint is at "
                           f"iteration {state['iteration']}: raise trainer.iterations")
-    if state.get("wandb_run_id") and cfg.logger.get("backend") == "wandb" \
-            and not cfg.logger.get("run_id"):
+    if state.get("wandb_run_id") and "run_id" in cfg.logger and not cfg.logger.run_id:
         with open_dict(cfg):
             cfg.logger.run_id = state["wandb_run_id"]  # same W&B run, resume="allow"
     return cfg

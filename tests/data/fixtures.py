@@ -196,3 +196,36 @@ def assert_images_match_classes(split, tolerance: int = 4) -> None:
     for c, name in enumerate(split.class_names):
         got = red[split.labels == c]
         assert (got - class_value(name)).abs().max() <= tolerance, (name, got[:5].tolist())
+
+
+def make_huggingface(root: Path, classes: int = 30, images_per_class: int = 20, size: int = 24,
+                     layout: str = "save_to_disk", image_column: str = "image",
+                     own_splits: dict[str, range] | None = None) -> Path:
+    """<root>/huggingface: a `datasets` image-classification dataset built here, saved with
+    `save_to_disk` (layout=save_to_disk) or as parquet files (layout=parquet, string labels).
+    `own_splits`: split name -> class ids, saved as a DatasetDict of those splits."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+    from datasets import Image as ImageFeature
+
+    names = [f"class_{c:02d}" for c in range(classes)]
+    parquet = layout == "parquet"
+    features = Features({image_column: ImageFeature(),
+                         "label": Value("string") if parquet else ClassLabel(names=names)})
+
+    def rows(ids) -> Dataset:
+        # Shuffled rows: the loader must group them by class itself.
+        order = np.random.default_rng(0).permutation([(c, i) for c in ids
+                                                      for i in range(images_per_class)])
+        return Dataset.from_dict(
+            {image_column: [Image.fromarray(_flat(names[c], i, size, size + 4)) for c, i in order],
+             "label": [names[c] if parquet else int(c) for c, _ in order]}, features=features)
+
+    data = Path(root) / "huggingface"
+    parts = {s: rows(ids) for s, ids in (own_splits or {"train": range(classes)}).items()}
+    if parquet:
+        data.mkdir(parents=True)
+        for s, part in parts.items():
+            part.to_parquet(str(data / f"{s}-00000-of-00001.parquet"))
+    else:
+        DatasetDict(parts).save_to_disk(str(data))
+    return data

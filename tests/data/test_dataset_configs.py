@@ -20,6 +20,7 @@ CASES = {  # config name -> (fixture writer, extra overrides, image shape)
     "fc100": (fixtures.make_fc100, ["dataset.download=false"], (3, 32, 32)),
     "cub": (fixtures.make_cub, [], (3, 84, 84)),
     "imagefolder": (fixtures.make_imagefolder, [], (3, 84, 84)),
+    "huggingface": (fixtures.make_huggingface, [], (3, 84, 84)),
 }
 
 

@@ -81,7 +81,7 @@ def test_empty_split_file(tmp_path):
     (root / "train.txt").write_text("class_00\n")
     (root / "val.txt").write_text("# nothing yet\n")
     (root / "test.txt").write_text("class_02\n")
-    with pytest.raises(DataError, match=r"val\.txt lists no class folders, so the val split"):
+    with pytest.raises(DataError, match=r"val\.txt lists no classes, so the val split"):
         load_imagefolder(root, image_size=8)
 
 
@@ -102,7 +102,7 @@ def test_class_in_two_split_files(tmp_path):
 
 
 def test_too_few_classes_for_three_splits(tmp_path):
-    with pytest.raises(DataError, match=r"has 2 class folders, which split .* into \[\d, \d, \d\]"):
+    with pytest.raises(DataError, match=r"has 2 classes, which split .* into \[\d, \d, \d\]"):
         load_imagefolder(make_imagefolder(tmp_path, classes=2, images_per_class=1), image_size=8)
 
 

@@ -197,7 +197,7 @@ def test_an_absurd_inner_lr_stops_with_one_clear_line(tmp_path):
 
 
 def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
-    from metalearn.wandb_offline import read_run
+    from tests.wandb_files import read_run
 
     run = tmp_path / "run"
     train(compose_cfg(*FAST, "logger=wandb", "trainer.iterations=2"), run)

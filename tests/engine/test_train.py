@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metalearn.engine.loop import train
-from metalearn.wandb_offline import find_run_file, read_run
+from tests.wandb_files import find_run_file, read_run
 from tests.conftest import FAST, ROOT, compose_cfg
 
 
@@ -44,13 +44,13 @@ def test_wandb_offline_run_file_holds_config_and_history(tmp_path):
     cfg = compose_cfg(*FAST, "logger=wandb", "algo.inner_lr=0.0321")
     train(cfg, tmp_path)
     deadline = time.time() + 30  # wandb's writer process may flush just after finish() returns
-    while "test_acc" not in (run := read_run(find_run_file(tmp_path)))["summary"]:
+    while "test/acc" not in (run := read_run(find_run_file(tmp_path)))["summary"]:
         assert time.time() < deadline, "W&B run file has no summary"
         time.sleep(0.5)
     assert run["config"]["algo"]["inner_lr"] == 0.0321
     assert any("train/loss" in h for h in run["history"])
     assert any("val/acc" in h for h in run["history"])
-    assert "test_acc" in run["summary"] and "test_acc_ci95" in run["summary"]
+    assert "test/acc" in run["summary"] and "test/acc_ci95" in run["summary"]
 
 
 def _cli(tmp_path, *overrides):

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from metalearn.wandb_offline import find_run_file, read_run
 from tests.conftest import ROOT
 from tests.sweeps.conftest import TINY, train_cli
+from tests.wandb_files import find_run_file, read_run
 
 
 @pytest.fixture(scope="module")
@@ -34,37 +34,41 @@ def test_multirun_gives_each_job_its_dir_results_and_wandb_run(sweep):
         assert len(list(job.glob("wandb/offline-run-*"))) == 1
         assert any("train/loss" in h for h in run["history"])
         val = [h["val/acc"] for h in run["history"] if "val/acc" in h]
-        assert val and run["summary"]["val/acc"] == {"max": max(val)}
-        assert run["summary"]["best_val_acc"] == pytest.approx(results["best_val_acc"])
+        # results.json's values under the logged metrics' names, each once
+        assert val and run["summary"]["val/best_acc"] == pytest.approx(max(val))
+        assert run["summary"]["val/best_acc"] == pytest.approx(results["best_val_acc"])
+        assert run["summary"]["test/acc"] == pytest.approx(results["test_acc"])
+        assert [k for k in run["summary"] if "/" not in k and not k.startswith("_")] == []
     assert set(runs) == {0.05, 0.3}
-    # named by the job's overrides, grouped by the sweep dir
+    # named by algorithm/dataset and the swept key, grouped by the sweep dir
     for lr, run in runs.items():
-        assert f"algo.inner_lr={lr}" in run["run"]["name"]
+        assert run["run"]["name"] == f"maml/synthetic algo.inner_lr={lr}"
         assert run["run"]["group"] == "2026-01-01_12-00-00"
     assert runs[0.05]["run"]["id"] != runs[0.3]["run"]["id"]
 
 
 def test_compare_runs_prints_sorted_table_and_writes_png_csv_md(sweep, tmp_path):
-    for extra in ([], ["--wandb"]):
-        out = tmp_path / ("wandb" if extra else "local")
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"),
-                               str(sweep), "--out", str(out), *extra],
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        rows = [l for l in proc.stdout.splitlines() if l.startswith("| ") and "inner_lr=" in l]
-        assert len(rows) == 2
-        best = [float(r.split("|")[4]) for r in rows]
-        assert best == sorted(best, reverse=True)  # best validation first
-        results = {j.name: json.loads((sweep / j.name / "results.json").read_text())
-                   for j in sweep.iterdir() if j.name.isdigit()}
-        assert max(best) == pytest.approx(100 * max(r["best_val_acc"] for r in results.values()),
-                                          abs=0.006)
-        assert "±" in rows[0]
-        png = (out / "compare.png").read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-        csv_lines = (out / "compare.csv").read_text().splitlines()
-        assert len(csv_lines) == 3 and csv_lines[0].startswith("run,overrides,best_val_acc")
-        assert (out / "compare.md").read_text().count("algo.inner_lr=") == 2
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"),
+                           str(sweep), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [l for l in proc.stdout.splitlines() if l.startswith("| ") and "inner_lr=" in l]
+    assert len(rows) == 2
+    assert [r.split("|")[3].strip() for r in rows] in (["algo.inner_lr=0.05", "algo.inner_lr=0.3"],
+                                                       ["algo.inner_lr=0.3", "algo.inner_lr=0.05"])
+    best = [float(r.split("|")[4]) for r in rows]
+    assert best == sorted(best, reverse=True)  # best validation first
+    results = {j.name: json.loads((sweep / j.name / "results.json").read_text())
+               for j in sweep.iterdir() if j.name.isdigit()}
+    assert max(best) == pytest.approx(100 * max(r["best_val_acc"] for r in results.values()),
+                                      abs=0.006)
+    assert "±" in rows[0]
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    csv_lines = (out / "compare.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith("run,differs,val/best_acc,test/acc,")
+    assert (out / "compare.md").read_text().count("algo.inner_lr=") == 2
 
 
 def test_compare_runs_without_runs_fails_clearly(tmp_path):
@@ -83,3 +87,17 @@ def test_a_failing_job_does_not_end_the_multirun(tmp_path):
     assert "error: task.ways=30 but the val split has only 16 classes" in proc.stderr
     assert not (sweep / "0" / "results.json").exists()
     assert (sweep / "1" / "results.json").exists()  # ...after running the next job
+
+
+def test_swept_keys_are_the_sweep_overrides_and_the_sweepers_search_space(tmp_path):
+    from omegaconf import OmegaConf
+
+    from metalearn.tracking import _swept_keys
+
+    asked = ["dataset=synthetic", "algo.inner_lr=0.1,0.2", "task.shots=range(1,3)", "seed=0",
+             "+trainer.extra=choice(a,b)"]
+    OmegaConf.save({"hydra": {"overrides": {"task": asked}}}, tmp_path / "multirun.yaml")
+    hc = OmegaConf.create({"sweeper": {"params": {"optimizer.lr": "interval(0.001, 0.01)"}},
+                           "overrides": {"task": ["algo.inner_lr=0.1"]}})
+    assert _swept_keys(tmp_path, hc) == {"algo.inner_lr", "task.shots", "trainer.extra",
+                                         "optimizer.lr"}

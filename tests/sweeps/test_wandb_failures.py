@@ -8,28 +8,11 @@ import pytest
 import wandb
 
 from metalearn.engine.loop import train
-from metalearn.wandb_offline import _payloads, find_run_file, read_run
 from tests.conftest import compose_cfg
 from tests.sweeps.conftest import TINY, train_cli
+from tests.wandb_files import find_run_file, read_run, records
 
 WANDB = [o if o != "logger=none" else "logger=wandb" for o in TINY]
-
-
-def _records(run_dir):
-    """The run file's records, once wandb's writer has flushed the final `exit` record
-    (it may lag a moment behind `run.finish()` returning)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    deadline = time.time() + 15
-    while True:
-        records = []
-        for payload in _payloads(find_run_file(run_dir).read_bytes()):
-            records.append(pb.Record())
-            records[-1].ParseFromString(payload)
-        kinds = [r.WhichOneof("record_type") for r in records]
-        if "exit" in kinds or time.time() > deadline:
-            return records, kinds
-        time.sleep(0.2)
 
 
 def test_wandb_log_failing_mid_run_warns_once_and_training_finishes(tmp_path, monkeypatch):
@@ -53,8 +36,9 @@ def test_wandb_log_failing_mid_run_warns_once_and_training_finishes(tmp_path, mo
     assert sum("train/loss" in l for l in lines) == 3 and "test/acc" in lines[-1]
     # the broken run was still finished: the next job of a multirun gets a fresh run
     assert wandb.run is None
-    assert "exit" in _records(tmp_path)[1]
-    assert "test_acc" not in read_run(find_run_file(tmp_path))["summary"]
+    recs = records(find_run_file(tmp_path))
+    assert any(r["type"] == "exit" for r in recs)
+    assert not any("test/acc" in r.get("summary", {}).get("update", {}) for r in recs)
 
 
 def test_unreachable_wandb_server_falls_back_to_offline(tmp_path):
@@ -67,16 +51,56 @@ def test_unreachable_wandb_server_falls_back_to_offline(tmp_path):
     assert "W&B could not start online" in proc.stderr and "logging offline instead" in proc.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     run = read_run(find_run_file(tmp_path / "run"))
-    assert run["summary"]["test_acc"] == pytest.approx(results["test_acc"])
+    assert run["summary"]["test/acc"] == pytest.approx(results["test_acc"])
     assert any("val/acc" in h for h in run["history"])
 
 
 def test_best_checkpoint_is_logged_as_artifact_when_asked(tmp_path):
     train(compose_cfg(*WANDB, "logger.log_checkpoint=true"), tmp_path)
-    records, kinds = _records(tmp_path)
-    artifacts = [r.artifact for r, kind in zip(records, kinds) if kind == "artifact"]
-    assert len(artifacts) == 1, kinds
+    recs = records(find_run_file(tmp_path))
+    artifacts = [r["artifact"] for r in recs if r["type"] == "artifact"]
+    assert len(artifacts) == 1, [r["type"] for r in recs]
     art = artifacts[0]
-    assert art.type == "model" and art.name.startswith("model-")
-    assert [e.path for e in art.manifest.contents] == ["best.pt"]
-    assert "best_val_acc" in json.loads(art.metadata)
+    assert art["type"] == "model" and art["name"].startswith("model-")
+    assert [e["path"] for e in art["manifest"]["contents"]] == ["best.pt"]
+    assert "val/best_acc" in json.loads(art["metadata"])
+
+
+def _blackhole():
+    """A server whose connections hang, as behind a firewall that drops packets: a listening
+    socket whose accept queue is full (Linux then drops new SYNs)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    waiting = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(server.getsockname())
+        waiting.append(c)
+    time.sleep(0.2)
+    return server, waiting
+
+
+def test_unreachable_server_falls_back_without_waiting_for_the_init_timeout(tmp_path, monkeypatch):
+    from metalearn.tracking import WandbTracker
+
+    server, waiting = _blackhole()
+    url = "http://127.0.0.1:%d" % server.getsockname()[1]
+    monkeypatch.setenv("WANDB_BASE_URL", url)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    tracker = WandbTracker(mode="online", connect_timeout=2, init_timeout=60)
+    start = time.time()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tracker.start(compose_cfg(*WANDB), tmp_path)
+        took = time.time() - start
+        tracker.finish(0, False, False)
+    finally:
+        for s in (server, *waiting):
+            s.close()
+    assert tracker.mode == "offline"
+    assert any(f"W&B could not start online (ConnectionError: cannot reach {url}" in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
+    assert took < 30, f"the fallback took {took:.0f} s"
