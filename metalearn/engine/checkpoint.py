@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import tempfile
 import time
 import warnings
@@ -125,19 +126,19 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise TrainingError(f"checkpoint {path} does not exist") from None
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise TrainingError(f"checkpoint {path} is corrupt or truncated ({e}); delete it or "
-                                f"use another checkpoint") from None
-        what = next((line.split("error:", 1)[1].strip() for line in str(e).splitlines()
-                     if "WeightsUnpickler error:" in line), "objects other than tensors")
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler refused it
+        imported = re.search(r"GLOBAL (\S+)", str(e))
+        if imported is None:
+            raise TrainingError(f"checkpoint {path} is corrupt or truncated (not a readable "
+                                f"pickle); delete it or use another checkpoint") from None
         raise ForeignCheckpoint(
-            f"refusing to load {path}: it holds more than tensors and plain values ({what}), so "
-            f"it was not written by metalearn and loading it could run code; delete it, or "
-            f"start a new run elsewhere") from None
+            f"refusing to load {path}: it holds more than tensors and plain values (it imports "
+            f"{imported[1]}), so it was not written by metalearn and loading it could run code; "
+            f"delete it, or start a new run elsewhere") from None
     except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TrainingError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
-                            f"{e}); delete it or use another checkpoint") from None
+                            f"{first}); delete it or use another checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = (f"a dict with keys {', '.join(map(str, list(state)[:5]))}"
                  if isinstance(state, dict) else f"a {type(state).__name__}")
