@@ -68,7 +68,7 @@ def test_a_planted_pickle_never_runs_under_any_resume(tmp_path, name, mode):
 
 def test_a_planted_pickle_beside_good_checkpoints_still_stops_the_run(copy, tmp_path):
     marker = tmp_path / "marker"
-    plant(copy / "best.pt", marker)  # last.pt is fine: falling back to it would hide the attack
+    plant(copy / "last.prev.pt", marker)  # last.pt is fine: falling back to it hides an attack
     with pytest.raises(checkpoint.ForeignCheckpoint, match="refusing to load"):
         train(compose_cfg(*TINY, "resume=auto"), copy)
     assert not marker.exists()
