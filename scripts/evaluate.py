@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import metalearn  # noqa: E402,F401
 from metalearn.engine import checkpoint  # noqa: E402
 from metalearn.engine.evaluation import evaluate  # noqa: E402
-from metalearn.engine.loop import build, resolve_device, samplers, seed_everything  # noqa: E402
+from metalearn.engine.distributed import resolve_device  # noqa: E402
+from metalearn.engine.loop import build, samplers, seed_everything  # noqa: E402
 from metalearn.errors import ConfigError, MetalearnError  # noqa: E402
 
 OPTIONS = {"run_dir", "episodes", "checkpoint", "split", "task.ways", "task.shots",

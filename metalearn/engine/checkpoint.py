@@ -1,27 +1,94 @@
-"""Checkpoints that are never half-written (temp file, fsync, atomic rename), and resuming.
+"""Checkpoints: the training state, saved atomically and loaded without running any code.
 
 A run directory holds `last.pt` (every `trainer.checkpoint_every` iterations and at each
 validation), `last.prev.pt` (the one before it) and `best.pt` (best validation accuracy). Each
-holds the full training state, RNG streams included, so any of them can resume the run.
+holds the full `TrainingState`, RNG streams included, so any of them can resume the run.
+Files are read with `torch.load(weights_only=True)`: a checkpoint holds only tensors and plain
+containers of str/int/float/bool/None, so a tampered file cannot execute anything.
 """
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 import random
+import re
 import tempfile
+import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
+from metalearn.engine.distributed import World
 from metalearn.errors import ConfigError, TrainingError
 
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "metalearn-checkpoint", 2
 RESUMABLE = ("last.pt", "last.prev.pt", "best.pt")
-# Keys a resumed run may change: where/how it runs and how long, not what it learns.
-FREE_KEYS = ("resume", "device", "trainer.iterations", "paths.", "logger.")
+# Keys a resumed run may change: where/how it runs, how long, how often it reports; not what it
+# learns. `trainer.iterations` is safe because the lr schedule is rebuilt for the new length.
+SAFE_KEYS = ("resume", "overwrite", "device", "trainer.iterations", "trainer.eval_every",
+             "trainer.log_every", "trainer.checkpoint_every", "paths", "logger")
+
+
+class ForeignCheckpoint(TrainingError):
+    """A file that is not a checkpoint this version of metalearn wrote: never skipped silently."""
+
+
+@dataclass
+class TrainingState:
+    """Everything a run needs to continue bit for bit. `state_dict()` is the only place that
+    builds a checkpoint and `load_state_dict()` the only place that reads one. The lr scheduler
+    is not part of it: it is a function of `iteration`, rebuilt for the run's (maybe new) length.
+    `state_dict()` gathers every rank's RNG streams, so all ranks call it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generators: dict[str, torch.Generator]
+    world: World = field(default_factory=World)
+    config: dict[str, Any] = field(default_factory=dict)  # unresolved: `${trainer.iterations}` stays
+    iteration: int = 0
+    best_val_acc: float = -1.0
+    best_iteration: int = 0
+    skipped_steps: int = 0
+    train_time_s: float = 0.0  # before this process started
+    wandb_run_id: str | None = None
+    metrics_bytes: int = 0  # metrics.jsonl up to this checkpoint; a resume cuts the rest
+    started: float = field(default_factory=time.time)
+
+    def elapsed(self) -> float:
+        return self.train_time_s + time.time() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "iteration": self.iteration, "best_val_acc": self.best_val_acc,
+                "best_iteration": self.best_iteration, "skipped_steps": self.skipped_steps,
+                "train_time_s": self.elapsed(), "wandb_run_id": self.wandb_run_id,
+                "metrics_bytes": self.metrics_bytes, "config": self.config,
+                "rng": self.world.gather(rng_state(self.generators))}  # every rank's streams
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Everything but `config`, which `resume_config` read before anything was built."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration, self.best_val_acc = state["iteration"], state["best_val_acc"]
+        self.best_iteration, self.skipped_steps = state["best_iteration"], state["skipped_steps"]
+        self.train_time_s, self.started = state["train_time_s"], time.time()
+        self.wandb_run_id, self.metrics_bytes = state["wandb_run_id"], state["metrics_bytes"]
+        if len(state["rng"]) == self.world.size:
+            restore_rng(state["rng"][self.world.rank], self.generators)
+        elif self.world.is_main:
+            warnings.warn(f"the checkpoint was written by {len(state['rng'])} processes, this run "
+                          f"has {self.world.size}: training continues, with fresh task streams")
 
 
 def save(state: dict[str, Any], path: Path) -> None:
@@ -46,25 +113,56 @@ def save_rotating(state: dict[str, Any], path: Path) -> None:
     save(state, path)
 
 
+def remove_temp_files(run_dir: Path) -> None:
+    """Temp files a kill mid-`save` left behind (each the size of a checkpoint)."""
+    for name in RESUMABLE:
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A metalearn checkpoint, read as data only. Raises ForeignCheckpoint for anything else."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise TrainingError(f"checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler refused it
+        imported = re.search(r"GLOBAL (\S+)", str(e))
+        if imported is None:
+            raise TrainingError(f"checkpoint {path} is corrupt or truncated (not a readable "
+                                f"pickle); delete it or use another checkpoint") from None
+        raise ForeignCheckpoint(
+            f"refusing to load {path}: it holds more than tensors and plain values (it imports "
+            f"{imported[1]}), so it was not written by metalearn and loading it could run code; "
+            f"delete it, or start a new run elsewhere") from None
     except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TrainingError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
-                            f"{e}); delete it or use another checkpoint") from None
+                            f"{first}); delete it or use another checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = (f"a dict with keys {', '.join(map(str, list(state)[:5]))}"
+                 if isinstance(state, dict) else f"a {type(state).__name__}")
+        raise ForeignCheckpoint(f"{path} is not a metalearn checkpoint (expected a dict with "
+                                f"format={FORMAT!r}, found {found}); delete it or move it out "
+                                f"of the run directory")
+    if state.get("version") != VERSION:
+        raise ForeignCheckpoint(f"{path} is a version {state.get('version')} metalearn "
+                                f"checkpoint; this metalearn reads version {VERSION}: continue it "
+                                f"with the metalearn that wrote it, or start a new run")
+    return state
 
 
 def latest(run_dir: Path, verbose: bool = True) -> tuple[dict[str, Any], Path] | None:
     """The newest readable checkpoint among last/last.prev/best, or None if there is none.
-    A damaged one is reported and skipped."""
+    A damaged one (a kill or full disk mid-write) is reported and skipped; a foreign one stops."""
     found, broken = [], []
     for name in RESUMABLE:
         path = run_dir / name
         if path.exists():
             try:
                 found.append((load(path), path))
+            except ForeignCheckpoint:
+                raise
             except TrainingError as e:
                 broken.append(str(e))
     if broken and not found:
@@ -75,23 +173,33 @@ def latest(run_dir: Path, verbose: bool = True) -> tuple[dict[str, Any], Path] |
     if verbose:
         for msg in broken:
             warnings.warn(f"{msg}. Resuming from {path} instead", stacklevel=2)
-        print(f"resuming from {path} (iteration {state['iteration']})")
+        log.info("resuming from %s (iteration %d)", path, state["iteration"])
     return state, path
 
 
-def resume_config(cfg: DictConfig, state: dict[str, Any], use_saved: bool) -> DictConfig:
-    """The config to continue with: the checkpoint's own (`resume=<dir>`) or the given one,
-    which must then match the checkpoint's except for FREE_KEYS."""
+def resume_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str] | None,
+                  use_saved: bool) -> DictConfig:
+    """The config to continue with. `resume=<dir>` (`use_saved`): the checkpoint's own, with
+    the command line's `overrides` of SAFE_KEYS applied and any other override refused.
+    `resume=true/auto`: the given config, which must match the checkpoint's outside SAFE_KEYS."""
     saved = OmegaConf.create(state["config"])
     if use_saved:
+        keys = [k for k in _override_keys(overrides or []) if not k.startswith(("hydra.", "hydra/"))]
+        unsafe = [k for k in keys if not _is_safe(k)]
+        if unsafe:
+            raise ConfigError(f"resume=<run dir> continues that run with its own config; "
+                              f"{', '.join(unsafe)} cannot change in a resumed run (only "
+                              f"{', '.join(SAFE_KEYS)}): drop the override or start a new run")
         with open_dict(saved):
-            saved.resume, saved.device = cfg.resume, cfg.device
+            for key in ["resume", *keys]:
+                OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False,
+                                 force_add=True)
         cfg = saved
     else:
         diff = [f"{k} ({a!r} in the checkpoint, {b!r} now)"
-                for k, (a, b) in _differences(OmegaConf.to_container(saved, resolve=True),
-                                              OmegaConf.to_container(cfg, resolve=True)).items()
-                if not k.startswith(FREE_KEYS)]
+                for k, (a, b) in _differences(OmegaConf.to_container(saved),
+                                              OmegaConf.to_container(cfg)).items()
+                if not _is_safe(k)]
         if diff:
             raise ConfigError("resume: the config differs from the checkpoint's at "
                               + ", ".join(diff) + ". Resume with the original overrides "
@@ -105,6 +213,19 @@ def resume_config(cfg: DictConfig, state: dict[str, Any], use_saved: bool) -> Di
     return cfg
 
 
+def _is_safe(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in SAFE_KEYS)
+
+
+def _override_keys(overrides: list[str]) -> list[str]:
+    """The config keys (or groups: `logger=none` -> logger) a Hydra command line sets."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # the same line already composed, so this is not expected
+        raise ConfigError(f"cannot parse the overrides {overrides}: {e}") from None
+    return [o.key_or_group.split("@")[0] for o in parsed]
+
+
 def _differences(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: dict[str, tuple[Any, Any]] = {}
@@ -115,7 +236,9 @@ def _differences(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(),
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),  # (version, tuple of ints, None): plain values
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "generators": {k: g.get_state() for k, g in generators.items()}}
@@ -123,7 +246,8 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

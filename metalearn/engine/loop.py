@@ -1,4 +1,5 @@
-"""One meta-training run, top to bottom: build, fit, test.
+"""One meta-training run, top to bottom: resolve resume, prepare the run directory, build,
+restore, meta-train, test.
 
 `train(cfg, out_dir)` is what `train.py` calls after Hydra composed the config; tests call it
 too, with a config from `hydra.compose`. The loop is deliberately one function: sample a
@@ -6,6 +7,7 @@ meta-batch -> per-task query losses -> backward -> step -> log -> validate -> ch
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.utils import get_total_norm
@@ -25,8 +28,7 @@ from tqdm import tqdm
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
-from metalearn.engine import checkpoint, distributed
-from metalearn.engine.distributed import World, resolve_device  # noqa: F401  (public here too)
+from metalearn.engine import checkpoint, distributed, rundir
 from metalearn.engine.evaluation import evaluate
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.errors import ConfigError, TrainingError
@@ -89,166 +91,196 @@ def meta_step(algo: MetaLearner, batch: Episodes, chunk_size: int | None = None,
     return torch.cat(losses), torch.cat(accs)
 
 
-def lr_scheduler(tc: DictConfig, opt: torch.optim.Optimizer):
-    """`trainer.lr_schedule`: none, cosine (MAML++: to lr_min over the run) or step (ProtoNets)."""
-    kind = tc.get("lr_schedule", "none") or "none"
-    if kind == "none":
+def lr_scheduler(cfg: DictConfig, opt: torch.optim.Optimizer, done: int = 0):
+    """The `scheduler` group's schedule (none: None) for this run's length, at iteration `done`.
+
+    A resumed run rebuilds it and replays `done` steps rather than loading the old state, which
+    would keep the old length: resumed with more iterations, the lr then follows the curve of a
+    fresh run of the new length."""
+    if not cfg.get("scheduler"):
         return None
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.iterations, tc.lr_min)
-    if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, tc.lr_step_size, tc.lr_gamma)
-    raise ConfigError(f"trainer.lr_schedule={kind}: use none, cosine or step")
+    for group in opt.param_groups:  # restart from the base lr a fresh run starts from
+        group["lr"] = group.setdefault("initial_lr", group["lr"])
+    scheduler = instantiate(cfg.scheduler)(opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
+        for _ in range(done):
+            scheduler.step()
+    return scheduler
 
 
-def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def train(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """`overrides`: the command line's Hydra overrides (under train.py, read from Hydra), which
+    `resume=<run dir>` applies on top of that run's saved config."""
+    if overrides is None and HydraConfig.initialized() \
+            and Path(HydraConfig.get().runtime.output_dir) == Path(out_dir):
+        overrides = list(HydraConfig.get().overrides.task)
     world, device = distributed.setup(cfg.device)  # a world of one unless under torchrun
     try:
-        return _train(cfg, Path(out_dir), world, device)
+        return _train(cfg, Path(out_dir), world, device, overrides or [])
     finally:
         distributed.teardown(world)
 
 
-def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -> dict[str, Any]:
-    # resume=<run dir> continues that run with its saved config; true/auto use this out_dir
+def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: torch.device,
+           overrides: list[str]) -> dict[str, Any]:
+    # 1. resolve resume: resume=<run dir> continues that run, in its directory
     mode = cfg.get("resume") or False
     own_dir = isinstance(mode, str) and mode != "auto"
     if own_dir:
         out_dir = Path(mode)
-    found = checkpoint.latest(out_dir, verbose=world.is_main) if mode else None
-    if found is None and mode not in (False, "auto"):
-        raise ConfigError(f"resume={mode} but {out_dir} holds no checkpoint "
-                          f"({', '.join(checkpoint.RESUMABLE)}): pass the run's directory as "
-                          f"hydra.run.dir=<dir> (or resume=<dir>), or drop resume")
-    ckpt = found[0] if found else None
-    if ckpt is not None:
-        cfg = checkpoint.resume_config(cfg, ckpt, use_saved=own_dir)
-    if world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tc = cfg.trainer
-    seed_everything(cfg.seed)
-    data, algo = build(cfg, device)
-    world.broadcast_(algo)
-    sample = samplers(cfg, data, device, rank=world.rank)
-    generators = {k: s.generator for k, s in sample.items()}
-    # uint8 episodes become normalised floats here, on the training device.
-    prep = Preprocess(data.mean, data.std, device, augment=tc.augment,
-                      channels_last=tc.channels_last)
-    if tc.channels_last:
-        algo.to(memory_format=torch.channels_last)
-    if cfg.task.get("train_ways"):
-        algo.check_ways(cfg.task.train_ways)
-    opt = instantiate(cfg.optimizer, params=algo.parameters())
-    scheduler = lr_scheduler(tc, opt)
-    params = [p for p in algo.parameters() if p.requires_grad]
-    lo, hi = world.shard(tc.meta_batch_size)
-    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
-    best_val, best_it, first_it, skipped, bad_run, trained_s = -1.0, 0, 1, 0, 0, 0.0
-    if ckpt is not None:
-        algo.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        best_val, best_it = ckpt["best_val_acc"], ckpt["best_iteration"]
-        first_it, skipped, trained_s = ckpt["iteration"] + 1, ckpt["skipped_steps"], ckpt["train_time_s"]
-        if len(ckpt["rng"]) == world.size:
-            checkpoint.restore_rng(ckpt["rng"][world.rank], generators)
-        elif world.is_main:
-            warnings.warn(f"the checkpoint was written by {len(ckpt['rng'])} processes, this run "
-                          f"has {world.size}: training continues, with fresh task streams")
-    logger = RunLogger(cfg, out_dir, metrics_offset=ckpt["metrics_bytes"] if ckpt else 0,
-                       enabled=world.is_main)
-    start = time.time()
-
-    def save(it: int, best: bool) -> None:
-        state = {"model": algo.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                 "iteration": it, "best_val_acc": best_val, "best_iteration": best_it,
-                 "skipped_steps": skipped, "train_time_s": trained_s + time.time() - start,
-                 "rng": world.gather(checkpoint.rng_state(generators)),  # every rank's streams
-                 "wandb_run_id": logger.run_id, "metrics_bytes": logger.metrics_offset,
-                 "config": OmegaConf.to_container(cfg, resolve=True)}
+        if not out_dir.is_dir():
+            raise ConfigError(f"resume={mode}: no such directory; pass a run's output directory")
+    # 2. prepare the directory: one writer; an earlier run there is resumed, overwritten or kept
+    with rundir.claim(out_dir) if world.is_main else contextlib.nullcontext():
         if world.is_main:
-            if best:
-                checkpoint.save(state, best_path)
-            checkpoint.save_rotating(state, last_path)  # keeps the previous one as last.prev.pt
+            rundir.prepare(out_dir, resume=bool(mode), overwrite=bool(cfg.get("overwrite")))
+        found = checkpoint.latest(out_dir, verbose=world.is_main) if mode else None
+        if found is None and mode not in (False, "auto"):
+            raise ConfigError(f"resume={mode} but {out_dir} holds no checkpoint "
+                              f"({', '.join(checkpoint.RESUMABLE)}): pass the run's directory "
+                              f"as hydra.run.dir=<dir> (or resume=<dir>), or drop resume")
+        saved = found[0] if found else None
+        if saved is not None:
+            cfg = checkpoint.resume_config(cfg, saved, overrides, use_saved=own_dir)
+        if world.is_main:
+            (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    exit_code, preempted = 1, False
-    try:
-        with StopSignals() as stop:
-            bar = tqdm(range(first_it, tc.iterations + 1), desc="meta-train", dynamic_ncols=True,
-                       initial=first_it - 1, total=tc.iterations, disable=not world.is_main)
-            for it in bar:
-                algo.on_iteration(it, tc.iterations)
-                batch = prep(sample["train"].sample(hi - lo), train=True)  # this rank's share
-                opt.zero_grad(set_to_none=True)
-                losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp, tc.meta_batch_size)
-                world.sum_grads(params)
-                # One reduction for the metrics and "a rank was told to stop", and one host sync
-                # per iteration: it carries the gradient norm too, finite iff every gradient is.
-                stats = world.sum(torch.stack([losses.sum(), accs.sum(),
-                                               torch.tensor(float(stop.requested), device=device)]))
-                norm = get_total_norm([p.grad for p in params if p.grad is not None])
-                loss, acc, stops, grad_norm = torch.cat(
-                    [stats / tc.meta_batch_size, norm.to(stats.dtype)[None]]).tolist()
-                stopping = stops > 0
-                if math.isfinite(loss) and math.isfinite(grad_norm):
-                    opt.step()
-                    bad_run = 0
-                else:  # skip the step: weights and optimizer state stay as they were
-                    skipped, bad_run = skipped + 1, bad_run + 1
-                    logger.log(it, {"train/skipped_steps": skipped})
-                    if bad_run >= tc.max_bad_steps:
-                        raise TrainingError(
-                            f"meta-loss or meta-gradient was NaN/Inf for {bad_run} iterations in "
-                            f"a row (up to iteration {it}, loss {loss}): lower optimizer.lr or "
-                            f"algo.inner_lr, or raise trainer.max_bad_steps. The last good "
-                            f"checkpoint is kept at {last_path}")
-                if scheduler is not None:  # the schedule follows iterations, skipped or not
-                    scheduler.step()
-                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best_val=f"{max(best_val, 0):.3f}")
-                if it % tc.log_every == 0 or it == 1:
-                    logger.log(it, {"train/loss": loss, "train/acc": acc, "train/grad_norm": grad_norm,
-                                    "train/lr": opt.param_groups[0]["lr"]})
-                evaluated, improved = it % tc.eval_every == 0 or it == tc.iterations, False
-                if evaluated:
-                    val = evaluate(algo, sample["val"], tc.val_episodes, tc.eval_batch_size,
-                                   tc.eval_seed, world, prep)
-                    improved = val["acc"] > best_val and bad_run == 0
-                    if improved:
-                        best_val, best_it = val["acc"], it
-                    logger.log(it, {"val/acc": val["acc"], "val/acc_ci95": val["acc_ci95"],
-                                    "val/loss": val["loss"], "val/best_acc": best_val})
-                # After this iteration's log lines, so a resume cuts metrics.jsonl right here;
-                # never while steps are skipped, so the last good checkpoint survives.
-                if bad_run == 0 and (evaluated or stopping or it % tc.checkpoint_every == 0):
-                    save(it, best=improved)
-                if stopping:
+        # 3. build: data, learner, optimizer; the state a checkpoint holds
+        tc = cfg.trainer
+        seed_everything(cfg.seed)
+        data, algo = build(cfg, device)
+        world.broadcast_(algo)
+        sample = samplers(cfg, data, device, rank=world.rank)
+        # uint8 episodes become normalised floats here, on the training device.
+        prep = Preprocess(data.mean, data.std, device, augment=tc.augment,
+                          channels_last=tc.channels_last)
+        if tc.channels_last:
+            algo.to(memory_format=torch.channels_last)
+        if cfg.task.get("train_ways"):
+            algo.check_ways(cfg.task.train_ways)
+        opt = instantiate(cfg.optimizer, params=algo.parameters())
+        state = checkpoint.TrainingState(algo, opt, {k: s.generator for k, s in sample.items()},
+                                         world, config=OmegaConf.to_container(cfg))
+
+        # 4. restore
+        if saved is not None:
+            state.load_state_dict(saved)
+        scheduler = lr_scheduler(cfg, opt, done=state.iteration)
+        logger = RunLogger(cfg, out_dir, metrics_offset=state.metrics_bytes,
+                           enabled=world.is_main)
+
+        exit_code, preempted = 1, False
+        try:
+            # 5. meta-train
+            with StopSignals() as stop:
+                stopped_at = _fit(cfg, state, scheduler, sample, prep, logger, out_dir, stop)
+                if stopped_at is not None:
                     exit_code, preempted = PREEMPTED_EXIT_CODE, True
                     stop.hand_over()  # under submitit: requeue the job (and exit)
-                    raise Preempted(stop.signum or signal.SIGTERM, it, str(last_path))
-            bar.close()
-        train_time = trained_s + time.time() - start
+                    raise Preempted(stop.signum or signal.SIGTERM, stopped_at,
+                                    str(out_dir / "last.pt"))
+            # 6. test the best checkpoint
+            results = _test(cfg, state, sample, prep, logger, out_dir, device)
+            exit_code = 0
+            return results
+        finally:
+            logger.finish(exit_code, preempted=preempted)
 
-        world.barrier()  # rank 0 has written best.pt
-        algo.load_state_dict(checkpoint.load(best_path, device)["model"])
-        test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed,
-                        world, prep)
-        results = {"test_acc": test["acc"], "test_acc_ci95": test["acc_ci95"],
-                   "test_loss": test["loss"], "test_episodes": tc.test_episodes,
-                   "best_val_acc": best_val, "best_iteration": best_it,
-                   "iterations": tc.iterations, "skipped_steps": skipped,
-                   "world_size": world.size, "train_time_s": train_time,
-                   "wall_time_s": time.time() - start, "device": str(device)}
-        logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"]})
-        logger.summary(results)
-        if world.is_main:
-            (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-            print(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
-                  f"({tc.test_episodes} episodes), best val {100 * best_val:.2f}% at iteration "
-                  f"{best_it}; results in {out_dir}")
-        exit_code = 0
-        return results
-    finally:
-        logger.finish(exit_code, preempted=preempted)
+
+def _save(state: checkpoint.TrainingState, logger: RunLogger, out_dir: Path, best: bool) -> None:
+    """After the iteration's log lines, so a resume cuts metrics.jsonl right there."""
+    state.wandb_run_id, state.metrics_bytes = logger.run_id, logger.metrics_offset
+    saved = state.state_dict()  # on every rank: it gathers their RNG streams
+    if state.world.is_main:
+        if best:
+            checkpoint.save(saved, out_dir / "best.pt")
+        checkpoint.save_rotating(saved, out_dir / "last.pt")  # keeps the previous as last.prev.pt
+
+
+def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
+         sample: dict[str, EpisodeSampler], prep: Preprocess, logger: RunLogger, out_dir: Path,
+         stop: StopSignals) -> int | None:
+    """Meta-train from `state.iteration` to `trainer.iterations`; the iteration at which a stop
+    signal ended it (after saving), or None."""
+    tc, world, algo, opt = cfg.trainer, state.world, state.model, state.optimizer
+    params = [p for p in algo.parameters() if p.requires_grad]
+    lo, hi = world.shard(tc.meta_batch_size)
+    bad_run = 0
+    bar = tqdm(range(state.iteration + 1, tc.iterations + 1), desc="meta-train",
+               dynamic_ncols=True, initial=state.iteration, total=tc.iterations,
+               disable=not world.is_main)
+    for it in bar:
+        algo.on_iteration(it, tc.iterations)
+        batch = prep(sample["train"].sample(hi - lo), train=True)  # this rank's share
+        opt.zero_grad(set_to_none=True)
+        losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp, tc.meta_batch_size)
+        world.sum_grads(params)
+        # One reduction for the metrics and "a rank was told to stop", and one host sync
+        # per iteration: it carries the gradient norm too, finite iff every gradient is.
+        stats = world.sum(torch.stack([losses.sum(), accs.sum(),
+                                       torch.tensor(float(stop.requested), device=losses.device)]))
+        norm = get_total_norm([p.grad for p in params if p.grad is not None])
+        loss, acc, stops, grad_norm = torch.cat(
+            [stats / tc.meta_batch_size, norm.to(stats.dtype)[None]]).tolist()
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            opt.step()
+            bad_run = 0
+        else:  # skip the step: weights and optimizer state stay as they were
+            state.skipped_steps, bad_run = state.skipped_steps + 1, bad_run + 1
+            logger.log(it, {"train/skipped_steps": state.skipped_steps})
+            if bad_run >= tc.max_bad_steps:
+                raise TrainingError(
+                    f"meta-loss or meta-gradient was NaN/Inf for {bad_run} iterations in "
+                    f"a row (up to iteration {it}, loss {loss}): lower optimizer.lr or "
+                    f"algo.inner_lr, or raise trainer.max_bad_steps. The last good "
+                    f"checkpoint is kept at {out_dir / 'last.pt'}")
+        if scheduler is not None:  # the schedule follows iterations, skipped or not
+            scheduler.step()
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}",
+                        best_val=f"{max(state.best_val_acc, 0):.3f}")
+        if it % tc.log_every == 0 or it == 1:
+            logger.log(it, {"train/loss": loss, "train/acc": acc, "train/grad_norm": grad_norm,
+                            "train/lr": opt.param_groups[0]["lr"]})
+        evaluated, improved = it % tc.eval_every == 0 or it == tc.iterations, False
+        if evaluated:
+            val = evaluate(algo, sample["val"], tc.val_episodes, tc.eval_batch_size,
+                           tc.eval_seed, world, prep)
+            improved = val["acc"] > state.best_val_acc and bad_run == 0
+            if improved:
+                state.best_val_acc, state.best_iteration = val["acc"], it
+            logger.log(it, {"val/acc": val["acc"], "val/acc_ci95": val["acc_ci95"],
+                            "val/loss": val["loss"], "val/best_acc": state.best_val_acc})
+        state.iteration = it
+        # never while steps are skipped, so the last good checkpoint survives
+        if bad_run == 0 and (evaluated or stops > 0 or it % tc.checkpoint_every == 0):
+            _save(state, logger, out_dir, best=improved)
+        if stops > 0:
+            return it
+    bar.close()
+    return None
+
+
+def _test(cfg: DictConfig, state: checkpoint.TrainingState, sample: dict[str, EpisodeSampler],
+          prep: Preprocess, logger: RunLogger, out_dir: Path, device: torch.device) -> dict[str, Any]:
+    """Score best.pt on the test split; write results.json."""
+    tc, world, algo = cfg.trainer, state.world, state.model
+    train_time = state.elapsed()
+    world.barrier()  # rank 0 has written best.pt
+    algo.load_state_dict(checkpoint.load(out_dir / "best.pt", device)["model"])
+    test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed,
+                    world, prep)
+    results = {"test_acc": test["acc"], "test_acc_ci95": test["acc_ci95"],
+               "test_loss": test["loss"], "test_episodes": tc.test_episodes,
+               "best_val_acc": state.best_val_acc, "best_iteration": state.best_iteration,
+               "iterations": tc.iterations, "skipped_steps": state.skipped_steps,
+               "world_size": world.size, "train_time_s": train_time,
+               "wall_time_s": time.time() - state.started, "device": str(device)}
+    logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"]})
+    logger.summary(results)
+    if world.is_main:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        print(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
+              f"({tc.test_episodes} episodes), best val {100 * state.best_val_acc:.2f}% at "
+              f"iteration {state.best_iteration}; results in {out_dir}")
+    return results

@@ -20,7 +20,7 @@ class Preempted(Exception):
     """Raised after `last.pt` was saved because a stop signal arrived."""
 
     def __init__(self, signum: int, iteration: int, checkpoint: str) -> None:
-        self.signum, self.iteration = signum, iteration
+        self.signum = signum
         super().__init__(f"received {signal.Signals(signum).name}: stopped after iteration "
                          f"{iteration} and saved {checkpoint}; run the same command with "
                          f"resume=auto (or resume=true) to continue")

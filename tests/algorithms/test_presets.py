@@ -21,7 +21,7 @@ PAPER = {  # (dataset, algorithm target, ways, shots, a few values from the pape
     "protonet_miniimagenet_5w1s": ("miniimagenet", "ProtoNet", 5, 1, {"task.train_ways": 30, "backbone.hidden": 64}),
     "protonet_miniimagenet_5w5s": ("miniimagenet", "ProtoNet", 5, 5, {"task.train_ways": 20}),
     "snail_omniglot_5w1s": ("omniglot", "SNAIL", 5, 1, {"algo.tc_filters": 128, "backbone.max_pool": True}),
-    "mamlpp_miniimagenet_5w1s": ("miniimagenet", "MAML", 5, 1, {"algo.lslr": True, "algo.per_step_bn": True, "algo.multi_step_loss": True, "trainer.lr_schedule": "cosine", "backbone.hidden": 48}),
+    "mamlpp_miniimagenet_5w1s": ("miniimagenet", "MAML", 5, 1, {"algo.lslr": True, "algo.per_step_bn": True, "algo.multi_step_loss": True, "scheduler.eta_min": 0.00001, "backbone.hidden": 48}),
 }
 
 
@@ -49,7 +49,7 @@ def test_preset_composes_with_the_paper_values_and_builds(name):
     if cfg.task.get("train_ways"):
         learner.check_ways(cfg.task.train_ways)
     opt = instantiate(cfg.optimizer, params=learner.parameters())
-    lr_scheduler(cfg.trainer, opt)
+    lr_scheduler(cfg, opt)
     if dataset == "omniglot" and has_omniglot():
         data, _ = build(cfg, torch.device("cpu"))
         batch = samplers(cfg, data, torch.device("cpu"))["train"].sample(1)
@@ -65,10 +65,10 @@ def test_maml_cannot_train_with_other_ways_than_its_head():
 
 
 def test_cosine_schedule_anneals_the_meta_lr_to_lr_min():
-    cfg = compose_cfg("dataset=synthetic", "trainer.lr_schedule=cosine", "trainer.iterations=10",
-                      "trainer.lr_min=0.0001")
+    cfg = compose_cfg("dataset=synthetic", "scheduler=cosine", "trainer.iterations=10",
+                      "scheduler.eta_min=0.0001")
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    sched = lr_scheduler(cfg.trainer, opt)
+    sched = lr_scheduler(cfg, opt)
     lrs = []
     for _ in range(10):
         opt.step()
@@ -76,5 +76,4 @@ def test_cosine_schedule_anneals_the_meta_lr_to_lr_min():
         lrs.append(opt.param_groups[0]["lr"])
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     assert lrs[-1] == pytest.approx(0.0001)
-    with pytest.raises(ConfigError, match="lr_schedule"):
-        lr_scheduler(compose_cfg("trainer.lr_schedule=linear").trainer, opt)
+    assert lr_scheduler(compose_cfg(), opt) is None  # scheduler=none: a constant lr
