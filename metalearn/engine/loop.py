@@ -20,7 +20,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.utils import get_total_norm
-from tqdm import tqdm
 
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
@@ -29,6 +28,7 @@ from metalearn.engine import checkpoint, distributed
 from metalearn.engine.distributed import World, resolve_device  # noqa: F401  (public here too)
 from metalearn.engine.evaluation import evaluate
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
+from metalearn.engine.progress import Progress, log
 from metalearn.errors import ConfigError, TrainingError
 from metalearn.tracking import RunLogger
 
@@ -177,8 +177,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
     exit_code, preempted = 1, False
     try:
         with StopSignals() as stop:
-            bar = tqdm(range(first_it, tc.iterations + 1), desc="meta-train", dynamic_ncols=True,
-                       initial=first_it - 1, total=tc.iterations, disable=not world.is_main)
+            bar = Progress(cfg, out_dir, first_it, enabled=world.is_main)
             for it in bar:
                 algo.on_iteration(it, tc.iterations)
                 batch = prep(sample["train"].sample(hi - lo), train=True)  # this rank's share
@@ -220,6 +219,8 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                         best_val, best_it = val["acc"], it
                     logger.log(it, {"val/acc": val["acc"], "val/acc_ci95": val["acc_ci95"],
                                     "val/loss": val["loss"], "val/best_acc": best_val})
+                    bar.validation(it, {"acc": val["acc"], "acc_ci95": val["acc_ci95"],
+                                        "loss": val["loss"], "best_acc": best_val})
                 # After this iteration's log lines, so a resume cuts metrics.jsonl right here;
                 # never while steps are skipped, so the last good checkpoint survives.
                 if bad_run == 0 and (evaluated or stopping or it % tc.checkpoint_every == 0):
@@ -245,7 +246,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
         logger.summary(results)
         if world.is_main:
             (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-            print(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
+            log.info(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
                   f"({tc.test_episodes} episodes), best val {100 * best_val:.2f}% at iteration "
                   f"{best_it}; results in {out_dir}")
         exit_code = 0
