@@ -12,20 +12,25 @@ How each is checked:
 - any other script or console command: it must exist and answer `--help` with exit code 0;
 - every repository path a command names (`scripts/...`, `sweeps/...`) must exist.
 
+A block's `cat > ~/path <<'EOF'` heredocs are written (under a temporary $HOME) before its
+commands compose, so an example that adds a config file is checked with that file.
+
 Placeholders: `<same overrides>`, `<overrides>` and a lone `...` are dropped; any other `<...>` (a run dir, a
 date, an id) becomes `x`; an optional `[key=value]` is kept without its brackets; `a|b` choices
 inside it take the first. Flags that only change what Hydra prints or how it launches
-(`--cfg X`, `-p X`, `--resolve`, `-m`/`--multirun`, `--info`) are dropped.
+(`--cfg X`, `-p X`, `--resolve`, `-m`/`--multirun`, `--info`, `--help`) are dropped.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
 import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -43,7 +48,7 @@ PROGRAM = re.compile(r"(?:^|/)(train\.py|scripts/[\w-]+\.py|metalearn-[\w-]+)$")
 INLINE = re.compile(r"^(?:[A-Z_]+=\S+ )*(?:\S*python3? )?(?:\S*/)?(train\.py|scripts/[\w-]+\.py"
                     r"|metalearn-[\w-]+)(?: |$)|^make train ARGS=")
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "-p", "--package", "--config-name", "-cn"}
-HYDRA_FLAGS = {"--resolve", "-m", "--multirun", "--info", "-i"}
+HYDRA_FLAGS = {"--resolve", "-m", "--multirun", "--info", "-i", "--help", "-h", "--hydra-help"}
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Command:
     text: str
     program: str
     args: list[str]
+    files: dict[str, str] | None = None  # heredocs written earlier in the same code block
 
     def __str__(self):
         return f"{self.where}: {self.text}"
@@ -83,10 +89,21 @@ def collect() -> list[Command]:
     found = []
     for doc in DOCS:
         lines = doc.read_text().splitlines()
-        in_block, joined, start = False, "", 0
+        in_block, joined, start, heredoc, files = False, "", 0, None, {}
         for n, line in enumerate(lines, 1):
+            if heredoc is not None:  # `cat > path <<'EOF'` ... `EOF`
+                if line.strip() == "EOF":
+                    heredoc = None
+                else:
+                    files[heredoc] += line + "\n"
+                continue
             if line.lstrip().startswith("```"):
-                in_block = not in_block
+                in_block, files = not in_block, {}
+                continue
+            target = re.match(r"\s*cat > (\S+) <<'EOF'$", line)
+            if in_block and target:
+                heredoc = target.group(1)
+                files[heredoc] = ""
                 continue
             if in_block:
                 joined, start = (joined + " " if joined else "") + line.strip(), start or n
@@ -97,6 +114,8 @@ def collect() -> list[Command]:
                 if re.search(r"#\s*error", text):
                     continue
                 cmd = _parse(text, where)
+                if cmd:
+                    cmd.files = dict(files)
             else:
                 for span in re.findall(r"`([^`]+)`", line):
                     if INLINE.match(span):
@@ -154,13 +173,20 @@ HYDRA_COMMANDS = [c for c in COMMANDS if c.program in HYDRA_APPS]
 
 
 @pytest.mark.parametrize("cmd", HYDRA_COMMANDS, ids=str)
-def test_documented_hydra_command_composes(cmd, monkeypatch):
+def test_documented_hydra_command_composes(cmd, monkeypatch, tmp_path):
     monkeypatch.setenv("METALEARN_DATA_DIR", "/data")
+    monkeypatch.setenv("HOME", str(tmp_path))  # where the block's own files (heredocs) go
+    for name, body in (cmd.files or {}).items():
+        path = Path(os.path.expandvars(os.path.expanduser(name)))
+        assert path.is_relative_to(tmp_path), f"{cmd}: write example files under ~ ({name})"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body)
+    args = [os.path.expandvars(a) for a in cmd.args]
     for path in re.findall(r"(?<![\w/])((?:scripts|sweeps|metalearn)/[\w./-]+\.\w+)", cmd.text):
         assert (ROOT / path).exists(), f"{cmd}: {path} does not exist"
     config = HYDRA_APPS[cmd.program]
     with initialize_config_module("metalearn.configs", version_base="1.3"):
-        for job in _expand_sweeps(_strip_hydra_flags(cmd.args)):
+        for job in _expand_sweeps(_strip_hydra_flags(args)):
             try:
                 cfg = compose(config, overrides=job, return_hydra_config=True)
             except Exception as e:  # noqa: BLE001  (say which documented command broke)
