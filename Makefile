@@ -1,28 +1,25 @@
 # Two entry points: `make train` (a real meta-training run) and `make test`.
-# Each builds .venv on first use; later calls reuse it.
+# Each builds .venv on first use with the tested versions (requirements/constraints.txt);
+# later calls reuse it. docs/install.md does the same by hand, or into any environment.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CONSTRAINTS := requirements/constraints.txt
+PIP := $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
 ARGS ?=
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1 cython setuptools wheel
+	$(PIP) torch torchvision cython setuptools wheel
 	# learn2learn 0.2.0's sdist ships C made by an old Cython that Python 3.11 rejects:
-	# rebuild it from its .pyx (build_ext), and skip its heavy extras (qpth pins numpy<2).
-	$(BIN)/python -m pip install -q --no-build-isolation --no-deps \
-		--config-settings=--global-option=build_ext learn2learn==0.2.0
-	$(BIN)/python -m pip install -q numpy scipy requests tqdm gym pillow
-	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
-	$(BIN)/python -m pip install -q hydra-core omegaconf wandb pytest
-	# sweeps: optuna<3 keeps hydra-optuna-sweeper at 1.3.0; sqlalchemy<2 for its sqlite storage
-	$(BIN)/python -m pip install -q hydra-optuna-sweeper==1.3.0 optuna==2.10.1 "sqlalchemy<2" \
-		"alembic<1.14" hydra-joblib-launcher==1.2.0 hydra-submitit-launcher==1.2.0 matplotlib
+	# rebuild it from its .pyx (build_ext), and skip its extras (qpth pins numpy<2, gsutil).
+	$(PIP) --no-build-isolation --no-deps --config-settings=--global-option=build_ext learn2learn
+	$(PIP) --no-build-isolation -e ".[sweeps,hf,timm,dev]"
 	touch $(STAMP)
 
-.PHONY: install train test
+.PHONY: install train test constraints
 install: $(STAMP)
 
 train: $(STAMP)
@@ -30,3 +27,9 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# After upgrading a package in .venv and passing the tests: pin what was tested.
+constraints: $(STAMP)
+	{ sed -n '/^#/p' $(CONSTRAINTS); $(BIN)/python -m pip freeze --all --exclude-editable \
+		| grep -viE '^(metalearn|pip)(==| @)'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)

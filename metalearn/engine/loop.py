@@ -23,7 +23,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.utils import get_total_norm
-from tqdm import tqdm
 
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
@@ -31,6 +30,7 @@ from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
 from metalearn.engine import checkpoint, distributed, rundir
 from metalearn.engine.evaluation import evaluate
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
+from metalearn.engine.progress import Progress, log
 from metalearn.errors import ConfigError, TrainingError
 from metalearn.tracking import RunLogger
 
@@ -207,9 +207,7 @@ def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
     params = [p for p in algo.parameters() if p.requires_grad]
     lo, hi = world.shard(tc.meta_batch_size)
     bad_run = 0
-    bar = tqdm(range(state.iteration + 1, tc.iterations + 1), desc="meta-train",
-               dynamic_ncols=True, initial=state.iteration, total=tc.iterations,
-               disable=not world.is_main)
+    bar = Progress(cfg, out_dir, state.iteration + 1, enabled=world.is_main)
     for it in bar:
         algo.on_iteration(it, tc.iterations)
         batch = prep(sample["train"].sample(hi - lo), train=True)  # this rank's share
@@ -251,6 +249,8 @@ def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
                 state.best_val_acc, state.best_iteration = val["acc"], it
             logger.log(it, {"val/acc": val["acc"], "val/acc_ci95": val["acc_ci95"],
                             "val/loss": val["loss"], "val/best_acc": state.best_val_acc})
+            bar.validation(it, {"acc": val["acc"], "acc_ci95": val["acc_ci95"],
+                                "loss": val["loss"], "best_acc": state.best_val_acc})
         state.iteration = it
         # never while steps are skipped, so the last good checkpoint survives
         if bad_run == 0 and (evaluated or stops > 0 or it % tc.checkpoint_every == 0):
@@ -280,7 +280,7 @@ def _test(cfg: DictConfig, state: checkpoint.TrainingState, sample: dict[str, Ep
     logger.summary(results)
     if world.is_main:
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-        print(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
+        log.info(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
               f"({tc.test_episodes} episodes), best val {100 * state.best_val_acc:.2f}% at "
               f"iteration {state.best_iteration}; results in {out_dir}")
     return results

@@ -1,0 +1,99 @@
+"""The evaluation app: `metalearn-eval run_dir=<run> [episodes=...] [task.shots=...]` (Hydra).
+
+Loads a finished run's `config.yaml` and checkpoint, rebuilds data and learner with the training
+loop's own `build()`/`samplers()` and scores `episodes` tasks drawn from `trainer.eval_seed`, so
+with the run's settings it reproduces its `results.json`. Options: metalearn/configs/eval.yaml.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+
+import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
+from metalearn.algorithms.base import MetaLearner
+from metalearn.data.base import FewShotDataset
+from metalearn.engine import checkpoint
+from metalearn.engine.evaluation import evaluate
+from metalearn.engine.distributed import resolve_device
+from metalearn.engine.loop import build, samplers, seed_everything
+from metalearn.errors import ConfigError
+from metalearn.train import _user_error
+
+log = logging.getLogger("metalearn.evaluate")
+
+
+def load_run(run_dir: Path, which: str, device: str | None = None
+             ) -> tuple[DictConfig, FewShotDataset, MetaLearner, torch.device]:
+    """A run's config, dataset and learner holding its `which` checkpoint (on the run's device
+    unless `device` is given)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}/config.yaml not found: run_dir must be a training run's "
+                          f"output directory")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    where = resolve_device(device or cfg.device)
+    seed_everything(cfg.seed)
+    data, algo = build(cfg, where)  # with the training ways: the checkpoint's shapes
+    algo.load_state_dict(checkpoint.load(run_dir / f"{which}.pt", where)["model"])
+    return cfg, data, algo, where
+
+
+def score(cfg: DictConfig, data: FewShotDataset, algo: MetaLearner, split: str, episodes: int,
+          ways: int, shots: int, query: int, device: torch.device) -> dict[str, float]:
+    """Accuracy ± 95% CI on `episodes` fixed tasks of `data`'s `split`."""
+    algo.check_ways(ways)
+    sampler = samplers(cfg, data, device, ways=ways, shots=shots, query=query)[split]
+    tc = cfg.trainer
+    return evaluate(algo, sampler, episodes, tc.eval_batch_size, tc.eval_seed)
+
+
+def evaluate_run(ecfg: DictConfig) -> dict[str, Any]:
+    """Score the run `ecfg.run_dir` as eval.yaml says; writes and returns the result."""
+    which, split = ecfg.checkpoint, ecfg.split
+    if which not in ("best", "last") or split not in ("test", "val"):
+        raise ConfigError(f"checkpoint={which} split={split}: checkpoint must be best or last, "
+                          f"split must be test or val")
+    run_dir = Path(ecfg.run_dir)
+    cfg, data, algo, device = load_run(run_dir, which, ecfg.device)
+    t = ecfg.task
+    ways, shots, query = t.ways or cfg.task.ways, t.shots or cfg.task.shots, t.query or cfg.task.query
+    episodes = ecfg.episodes or cfg.trainer.test_episodes
+    res = score(cfg, data, algo, split, episodes, ways, shots, query, device)
+    out = {"acc": res["acc"], "acc_ci95": res["acc_ci95"], "loss": res["loss"],
+           "episodes": episodes, "split": split, "checkpoint": which, "ways": ways,
+           "shots": shots, "query": query, "eval_seed": cfg.trainer.eval_seed,
+           "algorithm": cfg.algo._target_, "device": str(device)}
+    path = run_dir / f"eval-{split}-{ways}w{shots}s{query}q-{episodes}ep-{which}.json"
+    path.write_text(json.dumps(out, indent=2))
+    log.info(f"{split} accuracy {100 * res['acc']:.2f} ± {100 * res['acc_ci95']:.2f}% "
+             f"({episodes} episodes, {ways}-way {shots}-shot, {which} checkpoint); saved {path}")
+    return out
+
+
+def run(overrides: list[str]) -> dict[str, Any]:
+    """`evaluate_run` from Python, with the command line's overrides (no Hydra run dir or log)."""
+    with initialize_config_module("metalearn.configs", version_base="1.3"):
+        return evaluate_run(compose("eval", overrides=list(overrides)))
+
+
+@hydra.main(config_path="configs", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate_run(cfg)
+    except Exception as e:
+        cause = _user_error(e)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

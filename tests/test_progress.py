@@ -1,0 +1,84 @@
+"""Training output that fits a cluster log: no bar off a terminal, bounded lines, a train.log."""
+import io
+import logging
+import subprocess
+import sys
+
+from metalearn.engine.progress import MAX_LINES, Progress, line_every, log
+from tests.conftest import ROOT, compose_cfg
+
+# Hydra's default job_logging format, which train.log and the console use
+HYDRA_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+def _captured_log():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(HYDRA_FORMAT))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return stream, handler
+
+
+def _run(cfg, terminal, eval_every):
+    bar = Progress(cfg, ROOT, 1, terminal=terminal)
+    for it in bar:
+        bar.set_postfix(loss="1.234", acc="0.567", best_val="0.890")
+        if it % eval_every == 0:
+            bar.validation(it, {"acc": 0.5, "acc_ci95": 0.01, "loss": 1.2, "best_acc": 0.6})
+    bar.close()
+
+
+def test_a_60k_iteration_run_logs_under_1_mb_off_a_terminal(capfd):
+    """The loop's own reporting, driven for 60,000 iterations with the densest settings a preset
+    could pick (a metrics line every iteration, validation every 250): every byte it writes."""
+    cfg = compose_cfg("dataset=synthetic", "trainer.iterations=60000", "trainer.log_every=1")
+    stream, handler = _captured_log()
+    try:
+        _run(cfg, terminal=False, eval_every=250)
+    finally:
+        log.removeHandler(handler)
+    out, err = capfd.readouterr()
+    logged = stream.getvalue()
+    total = len((logged + out + err).encode())
+    print(f"{total} bytes for 60,000 iterations ({total / 60000:.2f} bytes/iteration)")
+    assert total < 1_000_000
+    assert "\r" not in err + out  # no progress bar redraws
+    lines = logged.splitlines()
+    training = [l for l in lines if "loss 1.234" in l]
+    assert MAX_LINES <= len(training) <= MAX_LINES + 2  # thinned, first and last included
+    assert "iteration 1/60000 loss" in training[0] and "iteration 60000/60000 loss" in training[-1]
+    assert sum("validation: acc 0.5000" in l for l in lines) == 240
+    assert lines[0].endswith("run: MAML on load_synthetic with Conv4, 5-way 1-shot (15 queries), "
+                             "60000 iterations of 32 tasks, Adam lr 0.001, device auto, seed 0")
+
+
+def test_on_a_terminal_the_bar_shows_and_log_lines_print_above_it(capfd):
+    cfg = compose_cfg("dataset=synthetic", "trainer.iterations=5", "trainer.log_every=1")
+    stream, handler = _captured_log()
+    try:
+        _run(cfg, terminal=True, eval_every=5)
+    finally:
+        log.removeHandler(handler)
+    assert "meta-train: 100%" in capfd.readouterr().err
+    assert "iteration 5/5 loss 1.234" in stream.getvalue()
+
+
+def test_line_every_is_a_multiple_of_log_every():
+    assert line_every(2000, 10) == 10
+    assert line_every(60000, 10) == 300 and line_every(60000, 7) % 7 == 0
+    assert line_every(3, 0) == 1
+
+
+def test_train_log_holds_setting_training_validation_and_result(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "debug=fast", "dataset=synthetic",
+         "trainer.iterations=2", "trainer.eval_every=1", "dataset.image_size=12",
+         "backbone.hidden=8", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)  # pipes: not a terminal
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (tmp_path / "run" / "train.log").read_text()
+    for expected in ["run: MAML on load_synthetic", "iteration 1/2 loss", "iteration 2/2 loss",
+                     "iteration 2/2 validation: acc", "test accuracy"]:
+        assert expected in text
+    assert "\r" not in proc.stderr and "meta-train" not in proc.stderr
