@@ -27,7 +27,7 @@ from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
 from metalearn.engine import checkpoint, distributed
 from metalearn.engine.distributed import World, resolve_device  # noqa: F401  (public here too)
-from metalearn.engine.evaluation import evaluate
+from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.errors import ConfigError, TrainingError
 from metalearn.tracking import RunLogger
@@ -43,7 +43,9 @@ def build(cfg: DictConfig, device: torch.device) -> tuple[FewShotDataset, MetaLe
     data: FewShotDataset = instantiate(cfg.dataset)
     channels, size, _ = data.image_shape
     backbone = instantiate(cfg.backbone, in_channels=channels, image_size=size)
-    algo: MetaLearner = instantiate(cfg.algo, backbone=backbone, ways=cfg.task.ways)
+    # transfer learners' pre-training head: algo.num_classes null = the training classes
+    extra = {"num_classes": data.train.num_classes} if cfg.algo.get("num_classes", 0) is None else {}
+    algo: MetaLearner = instantiate(cfg.algo, backbone=backbone, ways=cfg.task.ways, **extra)
     return data, algo.to(device)
 
 
@@ -181,7 +183,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                        initial=first_it - 1, total=tc.iterations, disable=not world.is_main)
             for it in bar:
                 algo.on_iteration(it, tc.iterations)
-                batch = prep(sample["train"].sample(hi - lo), train=True)  # this rank's share
+                batch = prep(algo.training_batch(sample["train"], hi - lo), train=True)  # this rank's share
                 opt.zero_grad(set_to_none=True)
                 losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp, tc.meta_batch_size)
                 world.sum_grads(params)
@@ -241,7 +243,9 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                    "iterations": tc.iterations, "skipped_steps": skipped,
                    "world_size": world.size, "train_time_s": train_time,
                    "wall_time_s": time.time() - start, "device": str(device)}
-        logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"]})
+        cross = evaluate_domains(algo, cfg, cross_domains(cfg), data, device, world, prep)
+        results.update(cross)  # flat test/<domain>/acc keys (eval.datasets)
+        logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], **cross})
         logger.summary(results)
         if world.is_main:
             (out_dir / "results.json").write_text(json.dumps(results, indent=2))
