@@ -72,16 +72,16 @@ def test_training_batches_are_images_with_their_split_wide_labels():
 
 @pytest.mark.parametrize("algorithm", ["baseline", "baseline_pp"])
 def test_pretraining_beats_the_untrained_backbone_on_identical_episodes(tmp_path, algorithm):
-    cfg = compose_cfg(*FAST, f"algorithm={algorithm}", "dataset.classes=[10,5,5]",
-                      "dataset.image_size=16", "backbone.hidden=16", "trainer.iterations=60",
-                      "trainer.meta_batch_size=32", "trainer.eval_every=60",
+    cfg = compose_cfg(*FAST, f"algorithm={algorithm}", "dataset.classes=[40,5,5]",
+                      "dataset.image_size=16", "backbone.hidden=16", "trainer.iterations=150",
+                      "trainer.meta_batch_size=32", "trainer.eval_every=150",
                       "trainer.test_episodes=30", "trainer.eval_batch_size=15", "task.query=5",
                       "optimizer.lr=0.003")
     seed_everything(cfg.seed)
     data, untrained = build(cfg, torch.device("cpu"))
-    assert untrained.num_classes == 10  # null = the training split's classes
+    assert untrained.num_classes == 40  # null = the training split's classes
     tc = cfg.trainer
     before = evaluate(untrained, samplers(cfg, data, torch.device("cpu"))["test"],
                       tc.test_episodes, tc.eval_batch_size, tc.eval_seed)
     after = train(cfg, tmp_path)
-    assert after["test_acc"] > before["acc"] + 0.1, (before["acc"], after["test_acc"])
+    assert after["test_acc"] > before["acc"] + 0.08, (before["acc"], after["test_acc"])
