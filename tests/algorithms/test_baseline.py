@@ -10,7 +10,7 @@ from metalearn.engine.evaluation import evaluate
 from metalearn.engine.loop import build, samplers, seed_everything, train
 from metalearn.errors import ConfigError
 from metalearn.models.conv4 import Conv4
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import DATA_DIR, FAST, compose_cfg, has_omniglot
 
 
 def task(ways=3, shots=2, query=4, dim=6, seed=0):
@@ -85,3 +85,23 @@ def test_pretraining_beats_the_untrained_backbone_on_identical_episodes(tmp_path
                       tc.test_episodes, tc.eval_batch_size, tc.eval_seed)
     after = train(cfg, tmp_path)
     assert after["test_acc"] > before["acc"] + 0.08, (before["acc"], after["test_acc"])
+
+
+@pytest.mark.parametrize("name, algo, shots, split, domains", [
+    ("crossdomain_mini_to_cub_5w1s", "Baseline", 1, None, ["cub"]),
+    ("crossdomain_mini_to_cub_5w5s", "Baseline", 5, None, ["cub"]),
+    ("omniglot_lake_maml_5w1s", "MAML", 1, "lake", None),
+    ("omniglot_lake_protonet_5w1s", "ProtoNet", 1, "lake", None),
+    ("omniglot_lake_baseline_pp_5w1s", "Baseline", 1, "lake", None),
+])
+def test_cross_domain_presets_compose_and_build(name, algo, shots, split, domains):
+    cfg = compose_cfg(f"experiment={name}", f"paths.data_dir={DATA_DIR}")
+    assert cfg.algo._target_.endswith(f".{algo}") and (cfg.task.ways, cfg.task.shots) == (5, shots)
+    assert cfg.dataset.get("split") == split or split is None
+    assert (list(cfg.eval.datasets) if cfg.eval.datasets else None) == domains
+    if name == "omniglot_lake_baseline_pp_5w1s":
+        assert cfg.algo.head == "cosine"
+    if name == "omniglot_lake_baseline_pp_5w1s" and has_omniglot():  # one build: Lake data is big
+        data, learner = build(cfg, torch.device("cpu"))
+        batch = learner.training_batch(samplers(cfg, data, torch.device("cpu"))["train"], 2)
+        assert len(batch) == 2
