@@ -105,3 +105,10 @@ def test_cross_domain_presets_compose_and_build(name, algo, shots, split, domain
         data, learner = build(cfg, torch.device("cpu"))
         batch = learner.training_batch(samplers(cfg, data, torch.device("cpu"))["train"], 2)
         assert len(batch) == 2
+
+
+def test_the_loop_trains_on_the_batches_the_learner_asks_for(tmp_path):
+    # through training_batch: a head smaller than the training classes is refused at step 1
+    cfg = compose_cfg(*FAST, "algorithm=baseline", "algo.num_classes=3")
+    with pytest.raises(ConfigError, match="algo.num_classes=3 but the training split has 64"):
+        train(cfg, tmp_path)
