@@ -15,13 +15,14 @@ from typing import Any
 import hydra
 import torch
 from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.engine import checkpoint
-from metalearn.engine.evaluation import evaluate
+from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, samplers, seed_everything
 from metalearn.errors import ConfigError
@@ -54,8 +55,10 @@ def score(cfg: DictConfig, data: FewShotDataset, algo: MetaLearner, split: str, 
     return evaluate(algo, sampler, episodes, tc.eval_batch_size, tc.eval_seed)
 
 
-def evaluate_run(ecfg: DictConfig) -> dict[str, Any]:
-    """Score the run `ecfg.run_dir` as eval.yaml says; writes and returns the result."""
+def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str, Any]:
+    """Score the run `ecfg.run_dir` as eval.yaml says; writes and returns the result. With
+    `dataset=<name>` the run is scored on that dataset instead (cross-domain: its images mapped
+    onto the training images' channels, size and statistics, engine/evaluation.py)."""
     which, split = ecfg.checkpoint, ecfg.split
     if which not in ("best", "last") or split not in ("test", "val"):
         raise ConfigError(f"checkpoint={which} split={split}: checkpoint must be best or last, "
@@ -65,28 +68,44 @@ def evaluate_run(ecfg: DictConfig) -> dict[str, Any]:
     t = ecfg.task
     ways, shots, query = t.ways or cfg.task.ways, t.shots or cfg.task.shots, t.query or cfg.task.query
     episodes = ecfg.episodes or cfg.trainer.test_episodes
-    res = score(cfg, data, algo, split, episodes, ways, shots, query, device)
+    tag = split
+    if ecfg.get("dataset") is not None:
+        name = dataset_name or "dataset"
+        domains = cross_domains(cfg, {name: OmegaConf.to_container(ecfg.dataset)})
+        found = evaluate_domains(algo, cfg, domains, data, device, episodes=episodes, ways=ways,
+                                 shots=shots, query=query, split=split)
+        res = {k.rsplit("/", 1)[1]: v for k, v in found.items()}
+        tag = f"{split}-{name}"
+    else:
+        res = score(cfg, data, algo, split, episodes, ways, shots, query, device)
     out = {"acc": res["acc"], "acc_ci95": res["acc_ci95"], "loss": res["loss"],
            "episodes": episodes, "split": split, "checkpoint": which, "ways": ways,
            "shots": shots, "query": query, "eval_seed": cfg.trainer.eval_seed,
-           "algorithm": cfg.algo._target_, "device": str(device)}
-    path = run_dir / f"eval-{split}-{ways}w{shots}s{query}q-{episodes}ep-{which}.json"
+           "algorithm": cfg.algo._target_, "device": str(device),
+           "dataset": dataset_name or cfg.dataset._target_}
+    path = run_dir / f"eval-{tag}-{ways}w{shots}s{query}q-{episodes}ep-{which}.json"
     path.write_text(json.dumps(out, indent=2))
     log.info(f"{split} accuracy {100 * res['acc']:.2f} ± {100 * res['acc_ci95']:.2f}% "
              f"({episodes} episodes, {ways}-way {shots}-shot, {which} checkpoint); saved {path}")
     return out
 
 
+def _dataset_choice(overrides: list[str]) -> str | None:
+    """The `dataset=<name>` group choice among the overrides (the composed node has no name)."""
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")]
+    return names[-1] if names else None
+
+
 def run(overrides: list[str]) -> dict[str, Any]:
     """`evaluate_run` from Python, with the command line's overrides (no Hydra run dir or log)."""
     with initialize_config_module("metalearn.configs", version_base="1.3"):
-        return evaluate_run(compose("eval", overrides=list(overrides)))
+        return evaluate_run(compose("eval", overrides=list(overrides)), _dataset_choice(overrides))
 
 
 @hydra.main(config_path="configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        evaluate_run(cfg)
+        evaluate_run(cfg, HydraConfig.get().runtime.choices.get("dataset"))
     except Exception as e:
         cause = _user_error(e)
         if cause is None:

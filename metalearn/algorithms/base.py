@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn.data.episodes import Episodes
+from metalearn.data.episodes import EpisodeSampler, Episodes
 from metalearn.errors import ConfigError
 
 
@@ -45,6 +45,10 @@ class MetaLearner(nn.Module):
     def evaluate(self, episodes: Episodes) -> TaskMetrics:
         """Meta-testing: adapt as at test time; returns detached metrics."""
         raise NotImplementedError
+
+    def training_batch(self, sampler: EpisodeSampler, n: int) -> Episodes:
+        """What one training step learns from: n episodes; transfer learners draw images."""
+        return sampler.sample(n)
 
     def on_iteration(self, iteration: int, total: int) -> None:
         """Hook for schedules that depend on training progress (e.g. MAML++ annealing)."""

@@ -139,3 +139,10 @@ class EpisodeSampler:
         k = self.shots
         return Episodes(x[:, :, :k].flatten(1, 2), y[:, :, :k].flatten(1),
                         x[:, :, k:].flatten(1, 2), y[:, :, k:].flatten(1))
+
+    def sample_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n images drawn uniformly from the split (uint8) with their split-wide class labels,
+        for learners that pre-train on plain labelled batches (Baseline, Baseline++)."""
+        index = torch.randint(self.split.images.shape[0], (n,), generator=self.generator,
+                              device=self.device)
+        return self.split.images.index_select(0, index), self.split.labels[index]

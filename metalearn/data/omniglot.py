@@ -6,6 +6,13 @@ md5, so the folders are read directly; torchvision is used only to download when
 absent. Preprocessing follows Finn et al. 2017: 28x28 (LANCZOS), ink = 1, and the four 90°
 rotations of every character as separate classes, after the characters are split, so no
 split ever sees a rotation of another split's character.
+
+Two splits of the 1623 characters: `seeded` (default) shuffles all of them with `split_seed`
+into `split_sizes` (Vinyals et al. 2016 / Finn et al. 2017); `lake` is Lake et al.'s
+background/evaluation split: the 964 characters of the 30 `images_background` alphabets train,
+the 659 of the 20 `images_evaluation` alphabets test, so every test character comes from an
+alphabet never seen in training. Its validation set is `val_alphabets` whole background
+alphabets drawn with `split_seed`, so validation too measures transfer to unseen alphabets.
 """
 from __future__ import annotations
 
@@ -71,9 +78,32 @@ def _with_rotations(chars: ImageSplit, ids: torch.Tensor, name: str) -> ImageSpl
     return ImageSplit(torch.cat(images), torch.cat(labels), names, name)
 
 
+SPLITS = ("seeded", "lake")
+
+
+def _lake_ids(chars: list[Path], val_alphabets: int, seed: int) -> list[torch.Tensor]:
+    """Character ids (indices into the sorted `chars`) of train/val/test in Lake's split."""
+    folder = [c.parent.parent.name for c in chars]
+    background = sorted({c.parent.name for c, f in zip(chars, folder) if f == FOLDERS[0]})
+    if not 0 < val_alphabets < len(background):
+        raise DataError(f"dataset.val_alphabets={val_alphabets}: the Lake split needs between 1 "
+                        f"and {len(background) - 1} of the {len(background)} background alphabets "
+                        f"for validation")
+    order = torch.randperm(len(background), generator=torch.Generator().manual_seed(seed))
+    val = {background[i] for i in order[:val_alphabets].tolist()}
+    ids: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for i, (c, f) in enumerate(zip(chars, folder)):
+        part = "test" if f == FOLDERS[1] else "val" if c.parent.name in val else "train"
+        ids[part].append(i)
+    return [torch.tensor(ids[p]) for p in ("train", "val", "test")]
+
+
 def load_omniglot(root: str | Path, image_size: int = 28, split_sizes: tuple = (1100, 100, 423),
-                  split_seed: int = 0, rotations: bool = True,
-                  download: bool = True) -> FewShotDataset:
+                  split_seed: int = 0, rotations: bool = True, download: bool = True,
+                  split: str = "seeded", val_alphabets: int = 5) -> FewShotDataset:
+    if split not in SPLITS:
+        raise DataError(f"dataset.split={split!r}: choose seeded (characters shuffled into "
+                        f"split_sizes) or lake (background alphabets train, evaluation test)")
     data_dir = Path(root).expanduser()
     base = data_dir / "omniglot-py"
     if not all((base / f).is_dir() for f in FOLDERS):
@@ -87,13 +117,16 @@ def load_omniglot(root: str | Path, image_size: int = 28, split_sizes: tuple = (
     key = fingerprint([f for c in chars for f in c.glob("*.png")], image_size=image_size, v=1)
     everything = cached_splits("omniglot", key,
                                lambda: {"all": _decode(chars, image_size)})["all"]
-    n = everything.num_classes
-    sizes = list(split_sizes)
-    if sum(sizes) != n:
-        raise DataError(f"dataset.split_sizes={sizes} must add up to the {n} characters found "
-                        f"in {base} (1623 in the full Omniglot)")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
-    ids = torch.split(perm, sizes)
+    if split == "lake":
+        ids = _lake_ids(chars, val_alphabets, split_seed)
+    else:
+        n = everything.num_classes
+        sizes = list(split_sizes)
+        if sum(sizes) != n:
+            raise DataError(f"dataset.split_sizes={sizes} must add up to the {n} characters "
+                            f"found in {base} (1623 in the full Omniglot)")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+        ids = torch.split(perm, sizes)
     build = _with_rotations if rotations else _without_rotations
     train, val, test = (build(everything, i.sort().values, nm)
                         for i, nm in zip(ids, ("train", "val", "test")))

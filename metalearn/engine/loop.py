@@ -28,7 +28,7 @@ from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
 from metalearn.engine import checkpoint, distributed, rundir
-from metalearn.engine.evaluation import evaluate
+from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.engine.progress import Progress, log
 from metalearn.errors import ConfigError, TrainingError
@@ -45,7 +45,9 @@ def build(cfg: DictConfig, device: torch.device) -> tuple[FewShotDataset, MetaLe
     data: FewShotDataset = instantiate(cfg.dataset)
     channels, size, _ = data.image_shape
     backbone = instantiate(cfg.backbone, in_channels=channels, image_size=size)
-    algo: MetaLearner = instantiate(cfg.algo, backbone=backbone, ways=cfg.task.ways)
+    # transfer learners' pre-training head: algo.num_classes null = the training classes
+    extra = {"num_classes": data.train.num_classes} if cfg.algo.get("num_classes", 0) is None else {}
+    algo: MetaLearner = instantiate(cfg.algo, backbone=backbone, ways=cfg.task.ways, **extra)
     return data, algo.to(device)
 
 
@@ -181,7 +183,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
                     raise Preempted(stop.signum or signal.SIGTERM, stopped_at,
                                     str(out_dir / "last.pt"))
             # 6. test the best checkpoint
-            results = _test(cfg, state, sample, prep, logger, out_dir, device)
+            results = _test(cfg, state, data, sample, prep, logger, out_dir, device)
             exit_code = 0
             return results
         finally:
@@ -210,7 +212,7 @@ def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
     bar = Progress(cfg, out_dir, state.iteration + 1, enabled=world.is_main)
     for it in bar:
         algo.on_iteration(it, tc.iterations)
-        batch = prep(sample["train"].sample(hi - lo), train=True)  # this rank's share
+        batch = prep(algo.training_batch(sample["train"], hi - lo), train=True)  # this rank's share
         opt.zero_grad(set_to_none=True)
         losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp, tc.meta_batch_size)
         world.sum_grads(params)
@@ -261,7 +263,8 @@ def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
     return None
 
 
-def _test(cfg: DictConfig, state: checkpoint.TrainingState, sample: dict[str, EpisodeSampler],
+def _test(cfg: DictConfig, state: checkpoint.TrainingState, data: FewShotDataset,
+          sample: dict[str, EpisodeSampler],
           prep: Preprocess, logger: RunLogger, out_dir: Path, device: torch.device) -> dict[str, Any]:
     """Score best.pt on the test split; write results.json."""
     tc, world, algo = cfg.trainer, state.world, state.model
@@ -276,11 +279,13 @@ def _test(cfg: DictConfig, state: checkpoint.TrainingState, sample: dict[str, Ep
                "iterations": tc.iterations, "skipped_steps": state.skipped_steps,
                "world_size": world.size, "train_time_s": train_time,
                "wall_time_s": time.time() - state.started, "device": str(device)}
-    logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"]})
+    cross = evaluate_domains(algo, cfg, cross_domains(cfg), data, device, world, prep)
+    results.update(cross)  # flat test/<domain>/acc keys (eval.datasets)
+    logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], **cross})
     logger.summary(results)
     if world.is_main:
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
         log.info(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
-              f"({tc.test_episodes} episodes), best val {100 * state.best_val_acc:.2f}% at "
-              f"iteration {state.best_iteration}; results in {out_dir}")
+             f"({tc.test_episodes} episodes), best val {100 * state.best_val_acc:.2f}% at "
+             f"iteration {state.best_iteration}; results in {out_dir}")
     return results
