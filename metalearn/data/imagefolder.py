@@ -16,9 +16,8 @@ import torch
 
 from metalearn.data.base import FewShotDataset, ImageSplit
 from metalearn.data.cache import cached_splits, fingerprint
-from metalearn.data.readers import (DATA_DIR_HINT, channel_stats, check_disjoint, class_folders,
-                                    decode_images, grouped_split, image_files, require_dir,
-                                    subset_classes)
+from metalearn.data.readers import (channel_stats, check_disjoint, class_folders, decode_images,
+                                    grouped_split, image_files, subset_classes)
 from metalearn.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -33,10 +32,12 @@ def load_imagefolder(path: str | Path, image_size: int = 84, channels: int = 3,
     if channels not in (1, 3):
         raise ConfigError(f"dataset.channels={channels}: use 3 (RGB) or 1 (grayscale)")
     root = Path(path).expanduser()
-    require_dir(root, "image folder dataset", LAYOUT)
+    if not root.is_dir():  # readers.require_dir's hint names dataset.root, not dataset.path
+        raise DataError(f"image folder dataset not found: {root} does not exist. Expected "
+                        f"{LAYOUT}; set dataset.path=<your folder>")
     folders = class_folders(root)
     if not folders:
-        raise DataError(f"{root} has no class folders: expected {LAYOUT}; {DATA_DIR_HINT}")
+        raise DataError(f"{root} has no class folders: expected {LAYOUT}; set dataset.path=<your folder>")
     per_class = [image_files(d) for d in folders]
     for d, fs in zip(folders, per_class):
         if not fs:

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
-from metalearn.engine import checkpoint, distributed
+from metalearn.config_check import validate
+from metalearn.engine import checkpoint, distributed, io
 from metalearn.engine.distributed import World, resolve_device  # noqa: F401  (public here too)
 from metalearn.engine.evaluation import evaluate
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
@@ -102,7 +103,8 @@ def lr_scheduler(tc: DictConfig, opt: torch.optim.Optimizer):
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    world, device = distributed.setup(cfg.device)  # a world of one unless under torchrun
+    validate(cfg)  # every value checked before any work (docs/faults.md)
+    world, device = distributed.setup(cfg.device, cfg.trainer.collective_timeout_s)
     try:
         return _train(cfg, Path(out_dir), world, device)
     finally:
@@ -125,7 +127,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
         cfg = checkpoint.resume_config(cfg, ckpt, use_saved=own_dir)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        io.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tc = cfg.trainer
     seed_everything(cfg.seed)
     data, algo = build(cfg, device)
@@ -145,6 +147,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
     lo, hi = world.shard(tc.meta_batch_size)
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     best_val, best_it, first_it, skipped, bad_run, trained_s = -1.0, 0, 1, 0, 0, 0.0
+    saved_it = None  # the iteration last.pt holds: what a stop message may promise
     if ckpt is not None:
         algo.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -152,6 +155,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
             scheduler.load_state_dict(ckpt["scheduler"])
         best_val, best_it = ckpt["best_val_acc"], ckpt["best_iteration"]
         first_it, skipped, trained_s = ckpt["iteration"] + 1, ckpt["skipped_steps"], ckpt["train_time_s"]
+        saved_it = ckpt["iteration"]
         if len(ckpt["rng"]) == world.size:
             checkpoint.restore_rng(ckpt["rng"][world.rank], generators)
         elif world.is_main:
@@ -162,6 +166,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
     start = time.time()
 
     def save(it: int, best: bool) -> None:
+        nonlocal saved_it
         state = {"model": algo.state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
                  "iteration": it, "best_val_acc": best_val, "best_iteration": best_it,
@@ -173,6 +178,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
             if best:
                 checkpoint.save(state, best_path)
             checkpoint.save_rotating(state, last_path)  # keeps the previous one as last.prev.pt
+        saved_it = it
 
     exit_code, preempted = 1, False
     try:
@@ -203,8 +209,10 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                         raise TrainingError(
                             f"meta-loss or meta-gradient was NaN/Inf for {bad_run} iterations in "
                             f"a row (up to iteration {it}, loss {loss}): lower optimizer.lr or "
-                            f"algo.inner_lr, or raise trainer.max_bad_steps. The last good "
-                            f"checkpoint is kept at {last_path}")
+                            f"algo.inner_lr, or raise trainer.max_bad_steps. " + (
+                                "No checkpoint was saved yet" if saved_it is None else
+                                f"The last good checkpoint (iteration {saved_it}) is kept "
+                                f"at {last_path}"))
                 if scheduler is not None:  # the schedule follows iterations, skipped or not
                     scheduler.step()
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best_val=f"{max(best_val, 0):.3f}")
@@ -227,28 +235,33 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                 if stopping:
                     exit_code, preempted = PREEMPTED_EXIT_CODE, True
                     stop.hand_over()  # under submitit: requeue the job (and exit)
-                    raise Preempted(stop.signum or signal.SIGTERM, it, str(last_path))
+                    raise Preempted(stop.signum or signal.SIGTERM, it, str(last_path), saved_it)
             bar.close()
         train_time = trained_s + time.time() - start
 
-        world.barrier()  # rank 0 has written best.pt
-        algo.load_state_dict(checkpoint.load(best_path, device)["model"])
-        test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed,
-                        world, prep)
-        results = {"test_acc": test["acc"], "test_acc_ci95": test["acc_ci95"],
-                   "test_loss": test["loss"], "test_episodes": tc.test_episodes,
-                   "best_val_acc": best_val, "best_iteration": best_it,
-                   "iterations": tc.iterations, "skipped_steps": skipped,
-                   "world_size": world.size, "train_time_s": train_time,
-                   "wall_time_s": time.time() - start, "device": str(device)}
-        logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"]})
-        logger.summary(results)
-        if world.is_main:
-            (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-            print(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
-                  f"({tc.test_episodes} episodes), best val {100 * best_val:.2f}% at iteration "
-                  f"{best_it}; results in {out_dir}")
+        with StopSignals() as stop:  # everything is saved: a signal now stops at once
+            stop.interrupt_now(tc.iterations, str(last_path), saved_it)
+            world.barrier()  # rank 0 has written best.pt
+            algo.load_state_dict(checkpoint.load(best_path, device)["model"])
+            test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed,
+                            world, prep)
+            results = {"test_acc": test["acc"], "test_acc_ci95": test["acc_ci95"],
+                       "test_loss": test["loss"], "test_episodes": tc.test_episodes,
+                       "best_val_acc": best_val, "best_iteration": best_it,
+                       "iterations": tc.iterations, "skipped_steps": skipped,
+                       "world_size": world.size, "train_time_s": train_time,
+                       "wall_time_s": time.time() - start, "device": str(device)}
+            logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"]})
+            logger.summary(results)
+            if world.is_main:
+                io.write_text(out_dir / "results.json", json.dumps(results, indent=2))
+                print(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
+                      f"({tc.test_episodes} episodes), best val {100 * best_val:.2f}% at iteration "
+                      f"{best_it}; results in {out_dir}")
         exit_code = 0
         return results
+    except Preempted:
+        exit_code, preempted = PREEMPTED_EXIT_CODE, True
+        raise
     finally:
         logger.finish(exit_code, preempted=preempted)
