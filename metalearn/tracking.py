@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
+from metalearn.engine.io import disk_errors
+
 
 def resolve_mode(mode: str) -> str:
     """`auto` = WANDB_MODE when set, else online with an API key (env or `wandb login`), else offline."""
@@ -131,7 +133,8 @@ class RunLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.metrics_file is None:
             return
-        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        with disk_errors(self.metrics_file.name):  # a full disk: one line, exit 74
+            self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.run is not None:
             try:
                 self.run.log(metrics, step=step)
@@ -163,7 +166,10 @@ class RunLogger:
 
     def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
         if self.metrics_file is not None:
-            self.metrics_file.close()
+            try:
+                self.metrics_file.close()
+            except OSError:
+                pass  # the failed write was reported by log(); a second error would mask it
         if self.run is not None and exit_code == 0 and self.lcfg.get("log_checkpoint", False):
             try:
                 self._log_checkpoint()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from metalearn.engine.io import disk_errors
 from metalearn.errors import ConfigError, TrainingError
 
 RESUMABLE = ("last.pt", "last.prev.pt", "best.pt")
@@ -24,26 +25,28 @@ RESUMABLE = ("last.pt", "last.prev.pt", "best.pt")
 FREE_KEYS = ("resume", "device", "trainer.iterations", "paths.", "logger.")
 
 
-def save(state: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save(state: dict[str, Any], path: Path, keep_previous: bool = False) -> None:
+    """A failed write (disk full, read-only, ...) raises DiskError and leaves `path` as it was."""
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if keep_previous and path.exists():
+                os.replace(path, path.with_suffix(".prev.pt"))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def save_rotating(state: dict[str, Any], path: Path) -> None:
     """Save `path`, keeping its previous version as `<stem>.prev.pt`: a fallback if the new
     file is later damaged (e.g. a disk quota hit after the rename)."""
-    if path.exists():
-        os.replace(path, path.with_suffix(".prev.pt"))
-    save(state, path)
+    save(state, path, keep_previous=True)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
