@@ -26,7 +26,8 @@ def fingerprint(files: list[Path], **params: object) -> str:
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     for f in sorted(files):
         st = f.stat()
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # fsencode: a name that is not valid UTF-8 holds surrogates, which .encode() refuses
+        h.update(os.fsencode(f) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -211,8 +211,8 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                             f"a row (up to iteration {it}, loss {loss}): lower optimizer.lr or "
                             f"algo.inner_lr, or raise trainer.max_bad_steps. " + (
                                 "No checkpoint was saved yet" if saved_it is None else
-                                f"The last good checkpoint (iteration {saved_it}) is kept "
-                                f"at {last_path}"))
+                                f"The last good checkpoint is kept at {last_path} "
+                                f"(iteration {saved_it})"))
                 if scheduler is not None:  # the schedule follows iterations, skipped or not
                     scheduler.step()
                 bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best_val=f"{max(best_val, 0):.3f}")

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from metalearn.engine.loop import train
 from metalearn.engine.preemption import Preempted
 from metalearn.errors import ConfigError, DiskError, TrainingError
 from tests.conftest import FAST, ROOT, compose_cfg
+from tests.engine.test_runs import TINY, env, wait_for_checkpoint
 
 TIMING = ("train_time_s", "wall_time_s")
 
@@ -185,7 +187,7 @@ def straight(tmp_path_factory):
 
 @pytest.mark.parametrize("name, nth, write, err", [
     ("config.yaml", 1, 1, errno.EROFS),      # before anything: nothing lost
-    ("metrics.jsonl", 1, 5, errno.ENOSPC),   # mid-run, between checkpoints
+    ("metrics.jsonl", 1, 3, errno.ENOSPC),   # mid-run, before a checkpoint
     ("last.pt", 3, 2, errno.ENOSPC),         # mid-checkpoint: torch's RuntimeError path
     ("best.pt", 1, 1, errno.EDQUOT),
     ("results.json", 1, 1, errno.EACCES),    # after the test: every checkpoint is there
@@ -259,3 +261,78 @@ def test_error_lines_survive_non_utf8_file_names(tmp_path):
     code, err = _cli(tmp_path, "dataset=imagefolder", f"dataset.path={root}")
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: class folder ") and "bad\\udcff" in err[0]
+
+
+def _launch(run: Path, *overrides):
+    """`python -m metalearn.launch` (torchrun that passes 75 on): 2 gloo workers on CPU."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "metalearn.launch", "--standalone", "--nproc_per_node=2",
+         "--shutdown-timeout=60", str(ROOT / "train.py"), *TINY, *overrides,
+         f"hydra.run.dir={run}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env())
+
+
+def _workers(pid: int) -> dict[int, int]:
+    """rank -> pid of the launcher's worker processes."""
+    out = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        rank = [e for e in environ if e.startswith(b"RANK=")]
+        if rank:
+            out[int(rank[0][5:])] = int(child)
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_exits_75_after_every_worker_saved(tmp_path):
+    run = tmp_path / "run"
+    proc = _launch(run, "trainer.iterations=400", "trainer.checkpoint_every=5")
+    wait_for_checkpoint(proc, run, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    assert err.count("preempted: received SIGTERM") == 2
+    assert len(checkpoint.load(run / "last.pt")["rng"]) == 2
+
+
+@pytest.mark.slow
+def test_a_frozen_worker_ends_the_job_in_bounded_time_with_a_resumable_state(tmp_path):
+    run = tmp_path / "run"
+    overrides = ["trainer.checkpoint_every=1", "trainer.collective_timeout_s=15"]
+    proc = _launch(run, "trainer.iterations=400", *overrides)
+    wait_for_checkpoint(proc, run, 2)
+    frozen = _workers(proc.pid)[1]
+    os.kill(frozen, signal.SIGSTOP)
+    start = time.time()
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if Path(f"/proc/{frozen}").exists():
+            os.kill(frozen, signal.SIGKILL)
+    # the timeout, then torchrun's shutdown of the frozen worker (SIGTERM, then SIGKILL)
+    assert proc.returncode == 75 and time.time() - start < 15 + 60 + 60, err[-3000:]
+    assert "error: rank 0: " in err
+    assert "did not complete within trainer.collective_timeout_s=15 s" in err
+    saved = checkpoint.load(run / "last.pt")["iteration"]
+
+    proc = _launch(run, f"trainer.iterations={saved + 2}", *overrides, "resume=auto")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads((run / "results.json").read_text())["iterations"] == saved + 2
+
+
+def test_a_class_folder_with_a_non_utf8_name_loads(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from metalearn.data.imagefolder import load_imagefolder
+
+    monkeypatch.setenv("METALEARN_CACHE_DIR", str(tmp_path / "cache"))
+    names = [b"bad\xff", b"a", b"b", b"c", b"d", b"e"]
+    for i, name in enumerate(names):
+        folder = os.path.join(os.fsencode(tmp_path / "root"), name)
+        os.makedirs(folder)
+        for j in range(2):
+            Image.new("L", (8, 8), color=40 * i + j).save(os.path.join(folder, b"%d.png" % j))
+    data = load_imagefolder(tmp_path / "root", image_size=8, channels=1)
+    got = {n for s in (data.train, data.val, data.test) for n in s.class_names}
+    assert got == {os.fsdecode(n) for n in names}
