@@ -38,8 +38,11 @@ def app(cfg: DictConfig) -> float:
         results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except Exception as e:
         code = report(e)  # here, not in main(): Hydra would add "Error executing job ..."
-        if code is None or HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # a bug; or a sweep: the sweeper records a failed job and decides
+        if code is None:
+            raise  # a bug: its traceback
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            e.reported_exit_code = code  # type: ignore[attr-defined]  (main: no second line)
+            raise  # the sweeper records a failed job and decides
         _record_exit(code)
         sys.exit(code)
     return results["best_val_acc"]  # what Hydra sweepers optimise
@@ -51,7 +54,7 @@ def main() -> None:
         with _hydra_raises():
             app()
     except Exception as e:
-        code = report(e)
+        code = getattr(e, "reported_exit_code", None) or report(e)
         if code is None:
             raise
         _record_exit(code)

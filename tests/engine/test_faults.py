@@ -255,14 +255,6 @@ def test_a_stop_while_nan_steps_are_skipped_names_the_iteration_saved(tmp_path, 
     assert "stopped at iteration 6; the last checkpoint saved is iteration 3" in str(e.value)
 
 
-def test_error_lines_survive_non_utf8_file_names(tmp_path):
-    root = tmp_path / "folders"
-    (root / os.fsdecode(b"bad\xff")).mkdir(parents=True)  # a class folder without images
-    code, err = _cli(tmp_path, "dataset=imagefolder", f"dataset.path={root}")
-    assert code == 2 and len(err) == 1, err
-    assert err[0].startswith("error: class folder ") and "bad\\udcff" in err[0]
-
-
 def _launch(run: Path, *overrides):
     """`python -m metalearn.launch` (torchrun that passes 75 on): 2 gloo workers on CPU."""
     return subprocess.Popen(
@@ -336,3 +328,89 @@ def test_a_class_folder_with_a_non_utf8_name_loads(tmp_path, monkeypatch):
     data = load_imagefolder(tmp_path / "root", image_size=8, channels=1)
     got = {n for s in (data.train, data.val, data.test) for n in s.class_names}
     assert got == {os.fsdecode(n) for n in names}
+
+
+def _signal_at(monkeypatch, signum, when):
+    """Send `signum` to this process when `when(iteration)` first holds (from the loop)."""
+    from metalearn.algorithms.maml import MAML
+
+    real, sent = MAML.on_iteration, []
+
+    def on_iteration(self, iteration, total):
+        real(self, iteration, total)
+        if when(iteration) and not sent:
+            sent.append(iteration)
+            os.kill(os.getpid(), signum)
+
+    monkeypatch.setattr(MAML, "on_iteration", on_iteration)
+
+
+def test_ctrl_c_saves_the_iteration_and_resumes_identically(tmp_path, monkeypatch, straight):
+    run = tmp_path / "run"
+    base = [*FAST, "trainer.checkpoint_every=1"]
+    with monkeypatch.context() as m:
+        _signal_at(m, signal.SIGINT, lambda it: it == 3)
+        with pytest.raises(Preempted) as e:
+            train(compose_cfg(*base), run)
+    assert e.value.saved and "received SIGINT: stopped after iteration 3" in str(e.value)
+    assert checkpoint.load(run / "last.pt")["iteration"] == 3
+    train(compose_cfg(*base, "resume=auto"), run)
+    assert outcome(run) == straight
+
+
+def test_a_signal_during_the_final_test_stops_at_once_with_everything_saved(
+        tmp_path, monkeypatch, straight):
+    import metalearn.engine.loop as loop
+
+    run = tmp_path / "run"
+    base = [*FAST, "trainer.checkpoint_every=1"]
+    real = loop.evaluate
+
+    def evaluate(algo, sampler, episodes, *a, **kw):
+        if episodes == 6:  # trainer.test_episodes: the final test
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(algo, sampler, episodes, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "evaluate", evaluate)
+        with pytest.raises(Preempted) as e:
+            train(compose_cfg(*base), run)
+    assert e.value.saved and "stopped after iteration 4" in str(e.value)
+    assert not (run / "results.json").exists()
+    train(compose_cfg(*base, "resume=auto"), run)
+    assert outcome(run) == straight
+
+
+@pytest.mark.parametrize("saved, code", [(3, 75), (None, 128 + signal.SIGTERM)])
+def test_the_exit_code_says_whether_there_is_something_to_resume(saved, code, capsys):
+    from metalearn.train import report
+
+    assert report(Preempted(signal.SIGTERM, 5, "run/last.pt", saved)) == code
+    assert capsys.readouterr().err.startswith("preempted: received SIGTERM")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB tmpfs: room for a checkpoint or two, not for a whole run."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_really_full_disk_is_one_line_and_resumes_elsewhere_identically(
+        tmp_path, small_disk, straight):
+    import shutil
+
+    base = [*FAST, "trainer.checkpoint_every=1"]
+    with pytest.raises(DiskError, match=r"^cannot write .*\.pt: (No space left on device|the "
+                                        r"write stopped short)") as e:
+        train(compose_cfg(*base), small_disk / "run")
+    assert not list((small_disk / "run").glob(".*.tmp"))
+    moved = tmp_path / "moved"
+    shutil.copytree(small_disk / "run", moved)  # the user frees space: here, a bigger disk
+    train(compose_cfg(*base, "resume=auto"), moved)
+    assert outcome(moved) == straight, e.value
