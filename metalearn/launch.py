@@ -5,8 +5,9 @@ torchrun reports any worker failure as exit code 1, so a requeue script checking
 
     python -m metalearn.launch --standalone --nproc_per_node=2 train.py dataset=omniglot
 
-Exit code: 0 done; 75 every worker that stopped saved a resumable state (run the same
-command with resume=auto); otherwise torchrun's own failure (1).
+Exit code: 0 done; 75 a worker stopped with a resumable state and every other one either did
+too or was killed by a signal (a frozen peer, which torchrun kills): run the same command with
+resume=auto; otherwise torchrun's own failure (1).
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         run(parse_args(argv))
         return 0
     except ChildFailedError as e:
-        # A frozen worker is killed, not failed: it is not among `failures`.
+        # A frozen worker is killed by torchrun's shutdown (a negative code): the others saved.
         codes = {f.exitcode for f in e.failures.values()}
-        if codes == {PREEMPTED_EXIT_CODE}:
+        if PREEMPTED_EXIT_CODE in codes and all(c < 0 for c in codes - {PREEMPTED_EXIT_CODE}):
             return PREEMPTED_EXIT_CODE
         print(e.format_msg(), file=sys.stderr)
         return 1
