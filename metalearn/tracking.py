@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+from metalearn.engine.io import disk_errors
+
 # Keys of results.json -> names in a tracker's summary (the namespaces of the logged metrics).
 SUMMARY_NAMES = {"best_val_acc": "val/best_acc", "best_iteration": "val/best_iteration"}
 # Overrides that pick what the run's name already says, or that do not change the result.
@@ -156,7 +158,8 @@ class RunLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.metrics_file is None:
             return
-        self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
+        with disk_errors(self.metrics_file.name):  # a full disk: one line, exit 74
+            self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.tracker is not None:
             self._call("logging failed", self.tracker.log, step, metrics)
 
@@ -169,7 +172,10 @@ class RunLogger:
 
     def finish(self, exit_code: int = 0, preempted: bool = False) -> None:
         if self.metrics_file is not None:
-            self.metrics_file.close()
+            try:
+                self.metrics_file.close()
+            except OSError:
+                pass  # the failed write was reported by log(); a second error would mask it
         tracker, self.tracker = self.tracker, None
         if tracker is None:
             return

@@ -1,43 +1,137 @@
-"""The training app: `metalearn-train ...` or `python train.py ...` from a clone (Hydra overrides)."""
+"""The training app: `metalearn-train ...` or `python train.py ...` from a clone (Hydra overrides).
+
+Every failure a user can fix ends as one `error:` line and an exit code (docs/faults.md):
+2 bad input, 74 a disk refused a write, 75 stopped with a resumable state (requeue with
+resume=auto). That includes what Hydra rejects before the app runs (a typo'd key, a missing
+config option, an output folder that cannot be written).
+"""
 from __future__ import annotations
 
+import difflib
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
+from metalearn.engine.io import disk_error
 from metalearn.engine.loop import train
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from metalearn.errors import MetalearnError
 
+# metalearn.launch (torchrun that returns 75) points this at a folder: each worker that stops
+# resumable drops a file there, since torchrun itself only reports "a worker failed" (1).
+EXIT_DIR_ENV = "METALEARN_EXIT_DIR"
+
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def app(cfg: DictConfig) -> float:
     try:
         results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except Preempted as e:  # last.pt is saved: a requeued job continues with resume=auto
-        print(f"preempted: {e}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_CODE)
     except Exception as e:
-        cause = _user_error(e)
-        if cause is None:
-            raise
-        print(f"error: {cause}", file=sys.stderr)
+        code = report(e)  # here, not in main(): Hydra would add "Error executing job ..."
+        if code is None:
+            raise  # a bug: its traceback
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records a failed job and decides; exit(2) would end the sweep
-        sys.exit(2)
+            e.reported_exit_code = code  # type: ignore[attr-defined]  (main: no second line)
+            raise  # the sweeper records a failed job and decides
+        _record_exit(code)
+        sys.exit(code)
     return results["best_val_acc"]  # what Hydra sweepers optimise
 
 
-def _user_error(e: BaseException | None) -> MetalearnError | None:
+def main() -> None:
+    """Run the app; turn what a user can fix into one line and an exit code."""
+    try:
+        with _hydra_raises():
+            app()
+    except Exception as e:
+        code = getattr(e, "reported_exit_code", None) or report(e)
+        if code is None:
+            raise
+        _record_exit(code)
+        sys.exit(code)
+
+
+def report(e: BaseException) -> int | None:
+    """Print `e` as one line and return the exit code, or None for a bug (traceback)."""
+    if isinstance(e, Preempted):
+        say(f"preempted: {e}")
+        return PREEMPTED_EXIT_CODE if e.saved else 128 + e.signum
+    if isinstance(e, ConfigCompositionException) and isinstance(e.__cause__, OmegaConfBaseException):
+        say(f"error: {_unknown_key(e)}")
+        return 2
+    if isinstance(e, MissingConfigException) and e.options:
+        group, _, choice = (e.missing_cfg_file or "").rpartition("/")
+        close = difflib.get_close_matches(choice, e.options, n=1)
+        hint = f"did you mean {group}={close[0]}? " if close else ""
+        say(f"error: {group}={choice}: no such option; {hint}choose one of {', '.join(e.options)}")
+        return 2
+    err = user_error(e) or disk_error(e, None)
+    if err is None:
+        return None
+    say(f"error: {err}")
+    return err.exit_code
+
+
+def user_error(e: BaseException | None) -> MetalearnError | None:
     """The MetalearnError behind `e`: hydra.utils.instantiate wraps what a target raises."""
     while e is not None and not isinstance(e, MetalearnError):
         e = e.__cause__
     return e
+
+
+def say(line: str) -> None:
+    """One line on stderr, whatever it holds: a non-UTF-8 file name decodes to lone
+    surrogates, which a strict stream refuses to encode."""
+    sys.stderr.write(line.encode("utf-8", "backslashreplace").decode("utf-8") + "\n")
+    sys.stderr.flush()
+
+
+def _unknown_key(e: ConfigCompositionException) -> str:
+    """`trainer.iteration=5` -> "... did you mean trainer.iterations?" (the closest sibling)."""
+    cause, msg = e.__cause__, str(e)
+    given = msg.split("'")[1] if msg.count("'") >= 2 else str(cause.full_key)
+    value = msg.split(f"+{given}=", 1)[1].splitlines()[0] if f"+{given}=" in msg else None
+    key, full = str(cause.key), str(cause.full_key or cause.key)
+    siblings = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
+    close = difflib.get_close_matches(key, [k for k in siblings if k != "hydra"], n=1)
+    what = given if value is None else f"{given}={value}"
+    if not close:
+        return f"{what}: unknown key {full!r}; python train.py --cfg job lists every key"
+    # `trainr.iterations`: the typo is the first part; keep the rest as given
+    return f"{what}: unknown key {full!r}; did you mean {full[:-len(key)]}{close[0]}{given[len(full):]}?"
+
+
+@contextmanager
+def _hydra_raises() -> Iterator[None]:
+    """Let errors out of hydra.main instead of its own printed traceback and exit(1)."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def _record_exit(code: int) -> None:
+    folder = os.environ.get(EXIT_DIR_ENV)
+    if folder and code == PREEMPTED_EXIT_CODE:
+        try:
+            Path(folder, f"rank-{os.environ.get('RANK', '0')}").write_text(str(code))
+        except OSError:
+            pass  # the launcher then reports a plain failure (1): nothing is lost
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def init_head(shape: tuple[int, ...], head: str, generator: torch.Generator | No
 
 
 class Baseline(MetaLearner):
-    def __init__(self, backbone: nn.Module, ways: int, num_classes: int, head: str = "linear",
+    def __init__(self, backbone: nn.Module, ways: int, num_classes: int | None, head: str = "linear",
                  scale: float | None = None, finetune_epochs: int = 100,
                  finetune_batch_size: int = 4, finetune_lr: float = 0.01,
                  finetune_momentum: float = 0.9, finetune_dampening: float = 0.9,

@@ -26,7 +26,8 @@ def fingerprint(files: list[Path], **params: object) -> str:
     h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
     for f in sorted(files):
         st = f.stat()
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        # fsencode: a name that is not valid UTF-8 holds surrogates, which .encode() refuses
+        h.update(os.fsencode(f) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -47,13 +48,19 @@ def cached_splits(name: str, key: str, build: Callable[[], Splits]) -> Splits:
     splits = build()
     blob = {k: {"images": s.images, "labels": s.labels, "class_names": s.class_names}
             for k, s in splits.items()}
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             torch.save(blob, f)
         os.replace(tmp, path)
-    except OSError as e:
-        warnings.warn(f"could not write the dataset cache {path} ({e}); set METALEARN_CACHE_DIR "
-                      f"to a writable folder to make the next start fast", stacklevel=2)
+    # torch.save reports a full disk as RuntimeError ("unexpected pos"), not OSError
+    except (OSError, RuntimeError) as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        warnings.warn(f"could not write the dataset cache {path} ({reason}); training goes on "
+                      f"without it. Free space or set METALEARN_CACHE_DIR to a writable folder "
+                      f"to make the next start fast", stacklevel=2)
     return splits

@@ -14,8 +14,8 @@ from typing import Sequence
 
 
 from metalearn.data.base import SPLITS, FewShotDataset
-from metalearn.data.readers import (DATA_DIR_HINT, channel_stats, check_disjoint, class_folders,
-                                    read_class_folders, require_dir, split_by_lists,
+from metalearn.data.readers import (channel_stats, check_disjoint, class_folders,
+                                    read_class_folders, split_by_lists,
                                     split_by_ratio, subset_classes)
 from metalearn.errors import ConfigError, DataError
 
@@ -30,10 +30,12 @@ def load_imagefolder(path: str | Path, image_size: int = 84, channels: int = 3,
     if channels not in (1, 3):
         raise ConfigError(f"dataset.channels={channels}: use 3 (RGB) or 1 (grayscale)")
     root = Path(path).expanduser()
-    require_dir(root, "image folder dataset", LAYOUT)
+    if not root.is_dir():  # readers.require_dir's hint names dataset.root, not dataset.path
+        raise DataError(f"image folder dataset not found: {root} does not exist. Expected "
+                        f"{LAYOUT}; set dataset.path=<your folder>")
     folders = class_folders(root)
     if not folders:
-        raise DataError(f"{root} has no class folders: expected {LAYOUT}; {DATA_DIR_HINT}")
+        raise DataError(f"{root} has no class folders: expected {LAYOUT}; set dataset.path=<your folder>")
     everything = read_class_folders(folders, image_size, "RGB" if channels == 3 else "L",
                                     "imagefolder", f"add images or move the folder out of {root}")
     names = everything.class_names

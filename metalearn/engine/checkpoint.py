@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from metalearn.engine.distributed import World
+from metalearn.engine.io import disk_errors
 from metalearn.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class TrainingState:
     wandb_run_id: str | None = None
     metrics_bytes: int = 0  # metrics.jsonl up to this checkpoint; a resume cuts the rest
     started: float = field(default_factory=time.time)
+    saved_iteration: int | None = None  # what last.pt holds (not saved): what a stop may promise
 
     def elapsed(self) -> float:
         return self.train_time_s + time.time() - self.started
@@ -84,6 +86,7 @@ class TrainingState:
         self.best_iteration, self.skipped_steps = state["best_iteration"], state["skipped_steps"]
         self.train_time_s, self.started = state["train_time_s"], time.time()
         self.wandb_run_id, self.metrics_bytes = state["wandb_run_id"], state["metrics_bytes"]
+        self.saved_iteration = state["iteration"]
         if len(state["rng"]) == self.world.size:
             restore_rng(state["rng"][self.world.rank], self.generators)
         elif self.world.is_main:
@@ -91,26 +94,28 @@ class TrainingState:
                           f"has {self.world.size}: training continues, with fresh task streams")
 
 
-def save(state: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def save(state: dict[str, Any], path: Path, keep_previous: bool = False) -> None:
+    """A failed write (disk full, read-only, ...) raises DiskError and leaves `path` as it was."""
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            if keep_previous and path.exists():
+                os.replace(path, path.with_suffix(".prev.pt"))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def save_rotating(state: dict[str, Any], path: Path) -> None:
     """Save `path`, keeping its previous version as `<stem>.prev.pt`: a fallback if the new
     file is later damaged (e.g. a disk quota hit after the rename)."""
-    if path.exists():
-        os.replace(path, path.with_suffix(".prev.pt"))
-    save(state, path)
+    save(state, path, keep_previous=True)
 
 
 def remove_temp_files(run_dir: Path) -> None:

@@ -4,18 +4,24 @@ Each rank meta-trains on its share of the meta-batch and the meta-gradients are 
 hand after backward. `DDP(MAML(model))` is *not* used: its hooks do not see learn2learn's
 clones, so gradients silently stay unsynchronised (docs/ENGINEERING §7). Without torchrun
 (`WORLD_SIZE` unset) every helper here is a no-op for a world of one process.
+
+A worker that freezes (SIGSTOP, a hung filesystem) would hold the others in a collective for
+torch's default 30 minutes: `trainer.collective_timeout_s` bounds that, after which each
+waiting worker stops with `WorkerLost` (exit 75, docs/faults.md); the last checkpoint resumes.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable
+from datetime import timedelta
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from metalearn.errors import ConfigError
+from metalearn.errors import ConfigError, WorkerLost
 
 
 @dataclass
@@ -23,6 +29,7 @@ class World:
     rank: int = 0
     size: int = 1
     comm_device: torch.device = torch.device("cpu")  # NCCL only moves CUDA tensors
+    timeout_s: float = 300.0
 
     @property
     def is_main(self) -> bool:
@@ -42,7 +49,8 @@ class World:
         if self.size == 1:
             return t
         buf = t.to(self.comm_device)
-        dist.all_reduce(buf)
+        with self._collective("all_reduce"):
+            dist.all_reduce(buf)
         return buf.to(t.device)
 
     def sum_grads(self, params: Iterable[nn.Parameter]) -> None:
@@ -66,7 +74,8 @@ class World:
         if self.size == 1:
             return [obj]
         out: list[Any] = [None] * self.size
-        dist.all_gather_object(out, obj)
+        with self._collective("all_gather"):
+            dist.all_gather_object(out, obj)
         return out
 
     def broadcast_(self, module: nn.Module) -> None:
@@ -75,12 +84,25 @@ class World:
             return
         for t in module.state_dict().values():
             buf = t.to(self.comm_device)
-            dist.broadcast(buf, 0)
+            with self._collective("broadcast"):
+                dist.broadcast(buf, 0)
             t.copy_(buf)
 
     def barrier(self) -> None:
         if self.size > 1:
-            dist.barrier()
+            with self._collective("barrier"):
+                dist.barrier()
+
+    @contextmanager
+    def _collective(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except RuntimeError as e:  # gloo: timeout, or the peer's socket closed when it died
+            raise WorkerLost(
+                f"rank {self.rank}: {name} did not complete within "
+                f"trainer.collective_timeout_s={self.timeout_s:g} s or a peer died ({str(e).splitlines()[0][:160]}); another "
+                f"worker froze or failed. The last checkpoint is kept: run the same command with "
+                f"resume=auto") from e
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -93,7 +115,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
-def setup(device_name: str) -> tuple[World, torch.device]:
+def setup(device_name: str, timeout_s: float = 300.0) -> tuple[World, torch.device]:
     """Join the process group torchrun describes in the environment (if any); pick the device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -104,9 +126,9 @@ def setup(device_name: str) -> tuple[World, torch.device]:
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return World(dist.get_rank(), dist.get_world_size(),
-                 device if backend == "nccl" else torch.device("cpu")), device
+                 device if backend == "nccl" else torch.device("cpu"), timeout_s), device
 
 
 def teardown(world: World) -> None:

@@ -27,7 +27,8 @@ from torch.nn.utils import get_total_norm
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
-from metalearn.engine import checkpoint, distributed, rundir
+from metalearn.config_check import validate
+from metalearn.engine import checkpoint, distributed, io, rundir
 from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.engine.progress import Progress, log
@@ -117,7 +118,9 @@ def train(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) ->
     if overrides is None and HydraConfig.initialized() \
             and Path(HydraConfig.get().runtime.output_dir) == Path(out_dir):
         overrides = list(HydraConfig.get().overrides.task)
-    world, device = distributed.setup(cfg.device)  # a world of one unless under torchrun
+    validate(cfg)  # every value checked before any work (docs/faults.md)
+    # a world of one unless under torchrun
+    world, device = distributed.setup(cfg.device, cfg.trainer.collective_timeout_s)
     try:
         return _train(cfg, Path(out_dir), world, device, overrides or [])
     finally:
@@ -146,7 +149,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
         if saved is not None:
             cfg = checkpoint.resume_config(cfg, saved, overrides, use_saved=own_dir)
         if world.is_main:
-            (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            io.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
         # 3. build: data, learner, optimizer; the state a checkpoint holds
         tc = cfg.trainer
@@ -181,11 +184,17 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
                     exit_code, preempted = PREEMPTED_EXIT_CODE, True
                     stop.hand_over()  # under submitit: requeue the job (and exit)
                     raise Preempted(stop.signum or signal.SIGTERM, stopped_at,
-                                    str(out_dir / "last.pt"))
-            # 6. test the best checkpoint
-            results = _test(cfg, state, data, sample, prep, logger, out_dir, device)
+                                    str(out_dir / "last.pt"), state.saved_iteration)
+            # 6. test the best checkpoint; everything is saved, so a signal now stops at once
+            with StopSignals() as stop:
+                stop.interrupt_now(cfg.trainer.iterations, str(out_dir / "last.pt"),
+                                   state.saved_iteration)
+                results = _test(cfg, state, data, sample, prep, logger, out_dir, device)
             exit_code = 0
             return results
+        except Preempted:
+            exit_code, preempted = PREEMPTED_EXIT_CODE, True
+            raise
         finally:
             logger.finish(exit_code, preempted=preempted)
 
@@ -198,6 +207,7 @@ def _save(state: checkpoint.TrainingState, logger: RunLogger, out_dir: Path, bes
         if best:
             checkpoint.save(saved, out_dir / "best.pt")
         checkpoint.save_rotating(saved, out_dir / "last.pt")  # keeps the previous as last.prev.pt
+    state.saved_iteration = state.iteration
 
 
 def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
@@ -233,8 +243,10 @@ def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
                 raise TrainingError(
                     f"meta-loss or meta-gradient was NaN/Inf for {bad_run} iterations in "
                     f"a row (up to iteration {it}, loss {loss}): lower optimizer.lr or "
-                    f"algo.inner_lr, or raise trainer.max_bad_steps. The last good "
-                    f"checkpoint is kept at {out_dir / 'last.pt'}")
+                    f"algo.inner_lr, or raise trainer.max_bad_steps. " + (
+                        "No checkpoint was saved yet" if state.saved_iteration is None else
+                        f"The last good checkpoint is kept at {out_dir / 'last.pt'} "
+                        f"(iteration {state.saved_iteration})"))
         if scheduler is not None:  # the schedule follows iterations, skipped or not
             scheduler.step()
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}",
@@ -284,7 +296,7 @@ def _test(cfg: DictConfig, state: checkpoint.TrainingState, data: FewShotDataset
     logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], **cross})
     logger.summary(results)
     if world.is_main:
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        io.write_text(out_dir / "results.json", json.dumps(results, indent=2))
         log.info(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
              f"({tc.test_episodes} episodes), best val {100 * state.best_val_acc:.2f}% at "
              f"iteration {state.best_iteration}; results in {out_dir}")
