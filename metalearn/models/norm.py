@@ -12,7 +12,7 @@ learner with `inner_step(i)`. A context variable keeps the step out of every bac
 `forward` signature, so any backbone built from this layer gets per-step BN for free.
 
 Third-party backbones (timm, torchvision) come with torch BatchNorm: `convert_batchnorm`
-swaps it for this layer, and the batched engine calls `require_exact_batchnorm` so that an
+swaps it for this layer, and the batched engine calls `require_exact_norms` so that an
 unconverted one is an error, not a wrong meta-gradient.
 """
 from __future__ import annotations
@@ -106,14 +106,20 @@ def _exact(bn: _BatchNorm) -> nn.Module:
     return nn.Sequential(new, *tail) if tail else new
 
 
-def require_exact_batchnorm(module: nn.Module) -> None:
-    """Raise ConfigError if `module` holds a torch BatchNorm, whose vmap batching rule gives
-    silently wrong second-order gradients (pytorch/functorch#534): the batched engine's guard."""
+# torch norms whose vmap batching rule gives silently wrong second-order gradients (for
+# BatchNorm pytorch/functorch#534; LayerNorm likewise, tests/models/test_norm.py shows both)
+INEXACT_UNDER_VMAP = (_BatchNorm, nn.LayerNorm)
+
+
+def require_exact_norms(module: nn.Module) -> None:
+    """Raise ConfigError if `module` holds a torch BatchNorm or LayerNorm: the batched engine's
+    guard, since vmap gives them wrong second-order meta-gradients."""
     found = [f"{name or '<model>'} ({type(m).__name__})" for name, m in module.named_modules()
-             if isinstance(m, _BatchNorm)]
+             if isinstance(m, INEXACT_UNDER_VMAP)]
     if found:
         raise ConfigError(
-            f"algo.engine=batched cannot run a model holding torch BatchNorm ({', '.join(found[:3])}"
-            f"{', ...' if len(found) > 3 else ''}): vmap gives it wrong second-order "
-            f"meta-gradients. Convert the backbone with "
-            f"metalearn.models.norm.convert_batchnorm(backbone), or use algo.engine=l2l")
+            f"algo.engine=batched cannot run a model holding torch BatchNorm/LayerNorm "
+            f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}): vmap gives them wrong "
+            f"second-order meta-gradients. Convert BatchNorm with "
+            f"metalearn.models.norm.convert_batchnorm(backbone) (backbone=timm and resnet18 do), "
+            f"or use algo.engine=l2l")
