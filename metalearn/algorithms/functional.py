@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from metalearn.models.norm import inner_step
+from metalearn.models.norm import inner_step, require_exact_norms
 
 Params = dict[str, torch.Tensor]
 UpdateRule = Callable[[int, Params, Params], Params]
@@ -64,6 +64,7 @@ def adapt_batched(model: nn.Module, support_x: torch.Tensor, support_y: torch.Te
     over) unless called under `torch.no_grad()`; the inner gradients are computed either way
     (`torch.func.grad` ignores an outer no_grad), so the same call serves test-time adaptation.
     """
+    require_exact_norms(model)
     fast0 = {n: p for n, p in model.named_parameters() if adapt(n)}
     weights = None if step_weights is None else step_weights.to(query_x.device, query_x.dtype)
     scored = {steps - 1}

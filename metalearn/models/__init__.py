@@ -1,0 +1,1 @@
+"""Backbones: image -> feature vector. The contract is in `metalearn.models.base`."""

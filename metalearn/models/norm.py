@@ -10,6 +10,10 @@ MAML++ (Antoniou et al. 2019) gives each inner-loop step its own BN weights and 
 `per_step(n)` turns weight/bias into [n, C] tables and the row used is the step set by the
 learner with `inner_step(i)`. A context variable keeps the step out of every backbone's
 `forward` signature, so any backbone built from this layer gets per-step BN for free.
+
+Third-party backbones (timm, torchvision) come with torch BatchNorm: `convert_batchnorm`
+swaps it for this layer, and the batched engine calls `require_exact_norms` so that an
+unconverted one is an error, not a wrong meta-gradient.
 """
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from metalearn.errors import ConfigError
 
 _STEP: ContextVar[int] = ContextVar("inner_step", default=0)
 
@@ -34,6 +41,8 @@ def inner_step(step: int) -> Iterator[None]:
 
 
 class BatchNorm2d(nn.Module):
+    """Over [N, C, ...] inputs of any rank, so it also stands in for a torch BatchNorm1d/3d."""
+
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
         self.num_features, self.eps = num_features, eps
@@ -41,15 +50,17 @@ class BatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
+        dims = (0, *range(2, x.dim()))
+        mean = x.mean(dim=dims, keepdim=True)
+        var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
         y = (x - mean) * torch.rsqrt(var + self.eps)
         if self.weight is not None:
             w, b = self.weight, self.bias
             if w.dim() == 2:  # per-step tables
                 step = min(_STEP.get(), w.shape[0] - 1)
                 w, b = w[step], b[step]
-            y = y * w.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+            shape = (1, -1, *[1] * (x.dim() - 2))
+            y = y * w.view(shape) + b.view(shape)
         return y
 
     def per_step(self, steps: int) -> None:
@@ -61,3 +72,54 @@ class BatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
+
+
+def convert_batchnorm(module: nn.Module) -> nn.Module:
+    """`module` with every torch BatchNorm (1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d)
+    replaced by `BatchNorm2d`, in place; returns it (the replacement if `module` is one).
+
+    Weight, bias and eps are copied; running statistics are dropped, since this layer always
+    normalises with the batch at hand (see the module docstring), in eval mode too.
+    """
+    if isinstance(module, _BatchNorm):
+        return _exact(module)
+    for name, child in module.named_children():
+        new = convert_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def _exact(bn: _BatchNorm) -> nn.Module:
+    # timm's BatchNormAct2d fuses dropout and activation after the normalisation: keep them
+    tail = [getattr(bn, a) for a in ("drop", "act") if isinstance(getattr(bn, a, None), nn.Module)]
+    if not tail and type(bn).forward not in (_BatchNorm.forward, nn.SyncBatchNorm.forward):
+        raise ConfigError(f"convert_batchnorm: {type(bn).__name__} overrides BatchNorm's forward, "
+                          f"so swapping it could change the network; replace it by hand with "
+                          f"metalearn.models.norm.BatchNorm2d")
+    new = BatchNorm2d(bn.num_features, bn.eps, affine=bn.affine)
+    if bn.affine:
+        with torch.no_grad():
+            new.weight.copy_(bn.weight)
+            new.bias.copy_(bn.bias)
+        new.to(bn.weight.device, bn.weight.dtype)
+    return nn.Sequential(new, *tail) if tail else new
+
+
+# torch norms whose vmap batching rule gives silently wrong second-order gradients (for
+# BatchNorm pytorch/functorch#534; LayerNorm likewise, tests/models/test_norm.py shows both)
+INEXACT_UNDER_VMAP = (_BatchNorm, nn.LayerNorm)
+
+
+def require_exact_norms(module: nn.Module) -> None:
+    """Raise ConfigError if `module` holds a torch BatchNorm or LayerNorm: the batched engine's
+    guard, since vmap gives them wrong second-order meta-gradients."""
+    found = [f"{name or '<model>'} ({type(m).__name__})" for name, m in module.named_modules()
+             if isinstance(m, INEXACT_UNDER_VMAP)]
+    if found:
+        raise ConfigError(
+            f"algo.engine=batched cannot run a model holding torch BatchNorm/LayerNorm "
+            f"({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}): vmap gives them wrong "
+            f"second-order meta-gradients. Convert BatchNorm with "
+            f"metalearn.models.norm.convert_batchnorm(backbone) (backbone=timm and resnet18 do), "
+            f"or use algo.engine=l2l")

@@ -46,10 +46,11 @@ def snapshot(root):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_train_runs_two_iterations_on_each_fixture(tmp_path, name):
+def test_train_runs_two_iterations_on_each_fixture(tmp_path, monkeypatch, name):
     from metalearn.engine.loop import train
+    from tests.models.test_backbones import trained_parameters
 
-    make, overrides, _ = CASES[name]
+    make, overrides, shape = CASES[name]
     make(tmp_path / "data")
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose("train", overrides=[
@@ -58,6 +59,17 @@ def test_train_runs_two_iterations_on_each_fixture(tmp_path, name):
             "trainer.meta_batch_size=2", "trainer.eval_every=2", "trainer.val_episodes=2",
             "trainer.test_episodes=4", "task.shots=1", "task.query=2",
             "algo.test_adaptation_steps=1"])
+    drawn = []  # (split, support shape, query shape) of every meta-batch the run draws
+    sample = EpisodeSampler.sample
+
+    def spy(self, batch_size):
+        episodes = sample(self, batch_size)
+        drawn.append((self.split.name, episodes.support_x.shape, episodes.query_x.shape))
+        return episodes
+    monkeypatch.setattr(EpisodeSampler, "sample", spy)
     results = train(cfg, tmp_path / "run")
     assert results["iterations"] == 2 and 0 <= results["test_acc"] <= 1
-    assert (tmp_path / "run" / "best.pt").is_file()
+    assert [d for d in drawn if d[0] == "train"] == [("train", (2, 5, *shape), (2, 10, *shape))] * 2
+    assert {d[0] for d in drawn} == {"train", "val", "test"}
+    assert all(d[1][1:] == (5, *shape) and d[2][1:] == (10, *shape) for d in drawn)
+    assert trained_parameters(cfg, tmp_path / "run"), "two meta-steps changed no weight"
