@@ -24,7 +24,7 @@ def test_train_on_synthetic_writes_results_metrics_and_checkpoints(tmp_path):
     assert any("train/loss" in l for l in lines) and any("val/acc" in l for l in lines)
     assert 0 < lines[0]["train/grad_norm"] < float("inf")  # the NaN guard's number, logged
     assert lines[-1]["test/acc"] == saved["test_acc"]
-    ckpt = torch.load(tmp_path / "best.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
     assert ckpt["best_val_acc"] == saved["best_val_acc"]
     assert (tmp_path / "config.yaml").read_text().count("inner_lr") == 1
 

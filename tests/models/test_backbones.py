@@ -55,7 +55,7 @@ def trained_parameters(cfg, run_dir):
     """Names of the weights that differ between the run's initial model and its last.pt."""
     seed_everything(cfg.seed)  # as train() does before building
     start = build(cfg, torch.device("cpu"))[1].state_dict()
-    trained = torch.load(run_dir / "last.pt", weights_only=False)["model"]  # our own file
+    trained = torch.load(run_dir / "last.pt", weights_only=True)["model"]
     return [n for n, w in start.items() if w.is_floating_point() and not torch.equal(w, trained[n])]
 
 
