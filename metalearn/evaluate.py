@@ -26,7 +26,7 @@ from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domain
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, samplers, seed_everything
 from metalearn.errors import ConfigError
-from metalearn.train import _user_error
+from metalearn.train import hydra_raises, report
 
 log = logging.getLogger("metalearn.evaluate")
 
@@ -103,15 +103,26 @@ def run(overrides: list[str]) -> dict[str, Any]:
 
 
 @hydra.main(config_path="configs", config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def app(cfg: DictConfig) -> None:
     try:
         evaluate_run(cfg, HydraConfig.get().runtime.choices.get("dataset"))
     except Exception as e:
-        cause = _user_error(e)
-        if cause is None:
+        code = report(e)  # here, not in main(): Hydra would add "Error executing job ..."
+        if code is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(code)
+
+
+def main() -> None:
+    """Run the app; what a user can fix is one `error:` line and exit code 2 (as train.py)."""
+    try:
+        with hydra_raises():
+            app()
+    except Exception as e:
+        code = report(e)
+        if code is None:
+            raise
+        sys.exit(code)
 
 
 if __name__ == "__main__":

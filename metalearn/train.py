@@ -51,7 +51,7 @@ def app(cfg: DictConfig) -> float:
 def main() -> None:
     """Run the app; turn what a user can fix into one line and an exit code."""
     try:
-        with _hydra_raises():
+        with hydra_raises():
             app()
     except Exception as e:
         code = getattr(e, "reported_exit_code", None) or report(e)
@@ -112,7 +112,7 @@ def _unknown_key(e: ConfigCompositionException) -> str:
 
 
 @contextmanager
-def _hydra_raises() -> Iterator[None]:
+def hydra_raises() -> Iterator[None]:
     """Let errors out of hydra.main instead of its own printed traceback and exit(1)."""
     before = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
