@@ -39,6 +39,8 @@ from torch.nn.utils import get_total_norm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import learn2learn as l2l  # noqa: E402
+
 from metalearn.algorithms.base import accuracy  # noqa: E402
 from metalearn.algorithms.maml import MAML  # noqa: E402
 from metalearn.data.base import ImageSplit  # noqa: E402
@@ -92,7 +94,7 @@ def l2l_example_iteration(algo: MAML, batch: Episodes, opt: torch.optim.Optimize
     opt.zero_grad()
     meta_error, meta_acc = 0.0, 0.0
     for t in range(len(batch)):
-        learner = algo.maml.clone(first_order=first_order)
+        learner = l2l.algorithms.MAML(algo.model, lr=algo.inner_lr).clone(first_order=first_order)
         for _ in range(steps):
             learner.adapt(F.cross_entropy(learner(batch.support_x[t]), batch.support_y[t]),
                           first_order=first_order)

@@ -83,7 +83,7 @@ def meta_step(algo: MetaLearner, batch: Episodes, chunk_size: int | None = None,
     for chunk in batch.chunks(chunk_size or len(batch)):
         with autocast(batch.support_x.device, amp):
             m = algo(chunk)
-        (m.loss.float().sum() / (total or len(batch))).backward()
+        (m.to_minimise.float().sum() / (total or len(batch))).backward()
         losses.append(m.loss.detach().float())
         accs.append(m.acc.detach())
     return torch.cat(losses), torch.cat(accs)
@@ -180,7 +180,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
             bar = tqdm(range(first_it, tc.iterations + 1), desc="meta-train", dynamic_ncols=True,
                        initial=first_it - 1, total=tc.iterations, disable=not world.is_main)
             for it in bar:
-                algo.on_iteration(it, tc.iterations)
+                algo.on_iteration(it)
                 batch = prep(sample["train"].sample(hi - lo), train=True)  # this rank's share
                 opt.zero_grad(set_to_none=True)
                 losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp, tc.meta_batch_size)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 _STEP: ContextVar[int] = ContextVar("inner_step", default=0)
+_STATS: ContextVar[tuple[str, list] | None] = ContextVar("batch_stats", default=None)
 
 
 @contextmanager
@@ -33,6 +34,18 @@ def inner_step(step: int) -> Iterator[None]:
         _STEP.reset(token)
 
 
+@contextmanager
+def batch_stats(stats: list, mode: str) -> Iterator[None]:
+    """`record`: each BatchNorm2d forward inside appends its batch (mean, var) to `stats`;
+    `reuse`: the forwards inside normalise with those instead, layer by layer in the same
+    order (prediction: queries normalised with the support set's statistics)."""
+    token = _STATS.set((mode, stats if mode == "record" else stats[::-1]))
+    try:
+        yield
+    finally:
+        _STATS.reset(token)
+
+
 class BatchNorm2d(nn.Module):
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
@@ -41,8 +54,14 @@ class BatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
+        frozen = _STATS.get()
+        if frozen is not None and frozen[0] == "reuse":
+            mean, var = frozen[1].pop()
+        else:
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
+            if frozen is not None:
+                frozen[1].append((mean, var))
         y = (x - mean) * torch.rsqrt(var + self.eps)
         if self.weight is not None:
             w, b = self.weight, self.bias
