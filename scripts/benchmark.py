@@ -39,8 +39,6 @@ from torch.nn.utils import get_total_norm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import learn2learn as l2l  # noqa: E402
-
 from metalearn.algorithms.base import accuracy  # noqa: E402
 from metalearn.algorithms.maml import MAML  # noqa: E402
 from metalearn.data.base import ImageSplit  # noqa: E402
