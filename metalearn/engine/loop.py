@@ -30,6 +30,7 @@ from metalearn.engine.distributed import World, resolve_device  # noqa: F401  (p
 from metalearn.engine.evaluation import evaluate
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.errors import ConfigError, TrainingError
+from metalearn.inference import preprocessing
 from metalearn.tracking import RunLogger
 
 
@@ -168,7 +169,8 @@ def _train(cfg: DictConfig, out_dir: Path, world: World, device: torch.device) -
                  "skipped_steps": skipped, "train_time_s": trained_s + time.time() - start,
                  "rng": world.gather(checkpoint.rng_state(generators)),  # every rank's streams
                  "wandb_run_id": logger.run_id, "metrics_bytes": logger.metrics_offset,
-                 "config": OmegaConf.to_container(cfg, resolve=True)}
+                 "config": OmegaConf.to_container(cfg, resolve=True),
+                 "preprocessing": preprocessing(data)}  # for metalearn.inference
         if world.is_main:
             if best:
                 checkpoint.save(state, best_path)
