@@ -119,4 +119,4 @@ def test_cli_predicts_a_folder_from_a_trained_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(run), str(tmp_path / "nowhere"), str(tmp_path / "query")])
     assert e.value.code == 2
-    assert capsys.readouterr().err.startswith("error: support folder")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: support folder")
