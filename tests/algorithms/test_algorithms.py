@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from metalearn.algorithms.anil import ANIL
+from metalearn.algorithms.base import MetaLearner
 from metalearn.algorithms.maml import MAML, msl_weights
 from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.algorithms.protonet import ProtoNet
@@ -14,6 +15,7 @@ from metalearn.models.conv4 import Conv4
 from metalearn.models.norm import BatchNorm2d
 from metalearn.data.episodes import Episodes
 from tests.algorithms.test_maml import random_task
+from tests.algorithms.test_learners import ALGORITHMS
 from tests.conftest import compose_cfg
 
 
@@ -159,11 +161,15 @@ def test_ways_limits_per_learner():
 
 
 def test_algorithm_configs_build_their_learner():
-    for name, cls in [("maml", MAML), ("fomaml", MAML), ("mamlpp", MAML), ("metasgd", MetaSGD),
-                      ("anil", ANIL), ("protonet", ProtoNet), ("snail", SNAIL)]:
+    for name in ALGORITHMS:
         cfg = compose_cfg("dataset=synthetic", f"algorithm={name}")
         algo = instantiate(cfg.algo, backbone=small(), ways=cfg.task.ways)
-        assert type(algo) is cls
+        assert isinstance(algo, MetaLearner) and algo.ways == cfg.task.ways
+        assert cfg.algo._target_.endswith("." + type(algo).__name__)
+    assert {name: type(instantiate(compose_cfg("dataset=synthetic", f"algorithm={name}").algo,
+                                   backbone=small(), ways=5))
+            for name in ("fomaml", "mamlpp", "metasgd", "anil")} == {
+        "fomaml": MAML, "mamlpp": MAML, "metasgd": MetaSGD, "anil": ANIL}
     cfg = compose_cfg("dataset=synthetic", "algorithm=fomaml")
     assert cfg.algo.first_order is True and cfg.algo.inner_lr == 0.4
     pp = compose_cfg("dataset=synthetic", "algorithm=mamlpp").algo
