@@ -245,3 +245,19 @@ def test_snail_support_order_is_shuffled_per_training_step():
     first = algo(ep).loss
     torch.manual_seed(2)
     assert not torch.allclose(algo(ep).loss, first)  # causal model: order matters, and varies
+
+
+@pytest.mark.parametrize("cls, old", [(MAML, {"model.": "maml.module."}),
+                                      (MetaSGD, {"model.": "meta.module.", "lrs.": "meta.lrs."}),
+                                      (ANIL, {"model.": "head.module."})])
+def test_checkpoints_with_the_learn2learn_wrapper_keys_still_load(cls, old):
+    saved = {k: torch.randn_like(v) for k, v in cls(small(), ways=3).state_dict().items()}
+    legacy = {}
+    for k, v in saved.items():
+        prefix = next((p for p in old if k.startswith(p)), "")
+        legacy[(old[prefix] + k[len(prefix):]) if prefix else k] = v
+    assert legacy.keys() != saved.keys()
+    fresh = cls(small(), ways=3)
+    fresh.load_state_dict(legacy)  # strict: every key found a home
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, saved[k]), k

@@ -28,7 +28,8 @@ EXTRA = {"mamlpp": ["algo.adaptation_steps=2", "algo.test_adaptation_steps=2",
          "snail": ["dataset.signal_size=16", "optimizer.lr=0.001", "algo.tc_filters=32"],
          # Reptile's outer step is SGD with lr = epsilon (the paper's 1, annealed)
          "reptile": ["optimizer=sgd", "optimizer.momentum=0", "optimizer.lr=1.0",
-                     "algo.test_adaptation_steps=10", "algo.inner_lr=0.003"]}
+                     "algo.inner_optimizer=sgd", "algo.inner_lr=0.1",
+                     "algo.test_adaptation_steps=5"]}
 ITERATIONS = {"snail": 100}
 
 
