@@ -92,7 +92,7 @@ def l2l_example_iteration(algo: MAML, batch: Episodes, opt: torch.optim.Optimize
     opt.zero_grad()
     meta_error, meta_acc = 0.0, 0.0
     for t in range(len(batch)):
-        learner = algo.maml.clone(first_order=first_order)
+        learner = l2l.algorithms.MAML(algo.model, lr=algo.inner_lr).clone(first_order=first_order)
         for _ in range(steps):
             learner.adapt(F.cross_entropy(learner(batch.support_x[t]), batch.support_y[t]),
                           first_order=first_order)

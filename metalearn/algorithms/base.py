@@ -1,12 +1,15 @@
-"""What every meta-learner offers the training loop.
+"""What every meta-learner offers the training loop and the inference API.
 
 A meta-learner owns its model, takes a batch of tasks and returns each task's query loss and
-accuracy. It knows nothing of files, loggers or devices: the loop moves data and the module.
-Adding an algorithm is one file here plus one YAML in metalearn/configs/algorithm/.
+accuracy, plus the objective the loop back-propagates when that is not the loss (Reptile's
+update is no loss's gradient). It knows nothing of files, loggers or devices: the loop moves
+data and the module. `adapt` is the prediction side: one task's labelled support set in, a
+classifier of query images out. Adding an algorithm is one file here plus one YAML in
+metalearn/configs/algorithm/.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +20,19 @@ from metalearn.errors import ConfigError
 
 
 class TaskMetrics(NamedTuple):
-    loss: torch.Tensor  # [B] query loss per task (differentiable in `forward`)
+    loss: torch.Tensor  # [B] query loss per task, as reported
     acc: torch.Tensor   # [B] query accuracy per task
+    # [B] what `forward`'s caller back-propagates (summed over tasks, scaled to their mean);
+    # None: the loss itself, differentiable in `forward`
+    objective: torch.Tensor | None = None
+
+    @property
+    def to_minimise(self) -> torch.Tensor:
+        return self.loss if self.objective is None else self.objective
+
+
+# query images [Q, C, H, W] -> logits [Q, ways], each query's row independent of the others
+Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -50,7 +64,17 @@ class MetaLearner(nn.Module):
         """What one training step learns from: n episodes; transfer learners draw images."""
         return sampler.sample(n)
 
-    def on_iteration(self, iteration: int, total: int) -> None:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Classifier:
+        """Prediction: adapt as at test time to one task's support set (images [S, C, H, W],
+        labels [S] in 0..n-1) and return its classifier of query images.
+
+        BatchNorm normalises the queries with the support set's statistics
+        (`models.norm.batch_stats`), so a query's prediction does not depend on which other
+        queries it is classified with.
+        """
+        raise NotImplementedError
+
+    def on_iteration(self, iteration: int) -> None:
         """Hook for schedules that depend on training progress (e.g. MAML++ annealing)."""
 
     def check_ways(self, ways: int) -> None:

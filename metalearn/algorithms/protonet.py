@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn.algorithms.base import MetaLearner, TaskMetrics, accuracy
+from metalearn.algorithms.base import Classifier, MetaLearner, TaskMetrics, accuracy
 from metalearn.data.episodes import Episodes
+from metalearn.models.norm import batch_stats
 
 
 def prototype_logits(support: torch.Tensor, support_y: torch.Tensor, query: torch.Tensor,
@@ -45,3 +46,13 @@ class ProtoNet(MetaLearner):
         with torch.no_grad():
             m = self(episodes)
         return TaskMetrics(m.loss.detach(), m.acc)
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Classifier:
+        stats, ways = [], int(support_y.max()) + 1
+        with torch.no_grad(), batch_stats(stats, "record"):
+            support = self.backbone(support_x)
+
+        def classify(query_x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), batch_stats(stats, "reuse"):
+                return prototype_logits(support, support_y, self.backbone(query_x), ways)
+        return classify

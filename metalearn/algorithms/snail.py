@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn.algorithms.base import MetaLearner, TaskMetrics, accuracy
+from metalearn.algorithms.base import Classifier, MetaLearner, TaskMetrics, accuracy
 from metalearn.data.episodes import Episodes
+from metalearn.models.norm import batch_stats
 
 EVAL_ORDER_SEED = 0
 
@@ -107,20 +108,26 @@ class SNAIL(MetaLearner):
 
     def _logits(self, episodes: Episodes, generator: torch.Generator | None) -> torch.Tensor:
         """Query logits [B, Q, ways]."""
-        sx, sy, qx = episodes.support_x, episodes.support_y, episodes.query_x
-        b, s, q = sx.shape[0], sx.shape[1], qx.shape[1]
-        z = torch.stack([self.backbone(torch.cat([sx[t], qx[t]])) for t in range(b)])
-        order = torch.rand(b, s, generator=generator, device=sx.device).argsort(1)
-        zs = z[:, :s].gather(1, order[..., None].expand(-1, -1, z.shape[-1]))
-        labels = F.one_hot(sy.gather(1, order), self.ways).to(z.dtype)
-        support = torch.cat([zs, labels], -1)                                   # [B, S, D+W]
-        query = torch.cat([z[:, s:], z.new_zeros(b, q, self.ways)], -1)        # [B, Q, D+W]
+        s = episodes.support_x.shape[1]
+        z = [self.backbone(torch.cat([sx, qx])) for sx, qx in zip(episodes.support_x,
+                                                                   episodes.query_x)]
+        return torch.stack([self._read(zt[:s], sy, zt[s:], generator)
+                            for zt, sy in zip(z, episodes.support_y)])
+
+    def _read(self, zs: torch.Tensor, sy: torch.Tensor, zq: torch.Tensor,
+              generator: torch.Generator | None) -> torch.Tensor:
+        """One task's query logits [Q, ways] from its embeddings: supports zs [S, D] with
+        labels sy [S], queries zq [Q, D]."""
+        order = torch.rand(len(zs), generator=generator, device=zs.device).argsort()
+        labels = F.one_hot(sy[order], self.ways).to(zs.dtype)
+        support = torch.cat([zs[order], labels], -1)[None]                     # [1, S, D+W]
+        query = torch.cat([zq, zq.new_zeros(len(zq), self.ways)], -1)[None]    # [1, Q, D+W]
         # Each query's sequence is the supports then itself; causality makes the supports'
         # activations the same in all of them, so they are computed once per task, and each
         # query adds only its own last position: O(S + Q) per task, not O(S * Q).
         for block in self.sequence:
             support, query = block(support), block.extend(support, query)
-        return self.out(query)
+        return self.out(query)[0]
 
     @staticmethod
     def _metrics(logits: torch.Tensor, labels: torch.Tensor) -> TaskMetrics:
@@ -134,3 +141,14 @@ class SNAIL(MetaLearner):
         g = torch.Generator(episodes.support_x.device).manual_seed(EVAL_ORDER_SEED)
         with torch.no_grad():
             return self._metrics(self._logits(episodes, g), episodes.query_y)
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Classifier:
+        stats = []
+        with torch.no_grad(), batch_stats(stats, "record"):
+            support = self.backbone(support_x)
+
+        def classify(query_x: torch.Tensor) -> torch.Tensor:
+            g = torch.Generator(support.device).manual_seed(EVAL_ORDER_SEED)
+            with torch.no_grad(), batch_stats(stats, "reuse"):
+                return self._read(support, support_y, self.backbone(query_x), g)
+        return classify

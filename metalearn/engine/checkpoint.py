@@ -56,6 +56,7 @@ class TrainingState:
     generators: dict[str, torch.Generator]
     world: World = field(default_factory=World)
     config: dict[str, Any] = field(default_factory=dict)  # unresolved: `${trainer.iterations}` stays
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # what metalearn.inference applies
     iteration: int = 0
     best_val_acc: float = -1.0
     best_iteration: int = 0
@@ -76,6 +77,7 @@ class TrainingState:
                 "best_iteration": self.best_iteration, "skipped_steps": self.skipped_steps,
                 "train_time_s": self.elapsed(), "wandb_run_id": self.wandb_run_id,
                 "metrics_bytes": self.metrics_bytes, "config": self.config,
+                "preprocessing": self.preprocessing,
                 "rng": self.world.gather(rng_state(self.generators))}  # every rank's streams
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domain
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.engine.progress import Progress, log
 from metalearn.errors import ConfigError, TrainingError
+from metalearn.inference import preprocessing
 from metalearn.tracking import RunLogger
 
 
@@ -88,7 +89,7 @@ def meta_step(algo: MetaLearner, batch: Episodes, chunk_size: int | None = None,
     for chunk in batch.chunks(chunk_size or len(batch)):
         with autocast(batch.support_x.device, amp):
             m = algo(chunk)
-        (m.loss.float().sum() / (total or len(batch))).backward()
+        (m.to_minimise.float().sum() / (total or len(batch))).backward()
         losses.append(m.loss.detach().float())
         accs.append(m.acc.detach())
     return torch.cat(losses), torch.cat(accs)
@@ -166,7 +167,8 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
             algo.check_ways(cfg.task.train_ways)
         opt = instantiate(cfg.optimizer, params=algo.parameters())
         state = checkpoint.TrainingState(algo, opt, {k: s.generator for k, s in sample.items()},
-                                         world, config=OmegaConf.to_container(cfg))
+                                         world, config=OmegaConf.to_container(cfg),
+                                         preprocessing=preprocessing(data))
 
         # 4. restore
         if saved is not None:
@@ -221,7 +223,7 @@ def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
     bad_run = 0
     bar = Progress(cfg, out_dir, state.iteration + 1, enabled=world.is_main)
     for it in bar:
-        algo.on_iteration(it, tc.iterations)
+        algo.on_iteration(it)
         batch = prep(algo.training_batch(sample["train"], hi - lo), train=True)  # this rank's share
         opt.zero_grad(set_to_none=True)
         losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp, tc.meta_batch_size)

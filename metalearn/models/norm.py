@@ -28,6 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from metalearn.errors import ConfigError
 
 _STEP: ContextVar[int] = ContextVar("inner_step", default=0)
+_STATS: ContextVar[tuple[str, list] | None] = ContextVar("batch_stats", default=None)
 
 
 @contextmanager
@@ -38,6 +39,18 @@ def inner_step(step: int) -> Iterator[None]:
         yield
     finally:
         _STEP.reset(token)
+
+
+@contextmanager
+def batch_stats(stats: list, mode: str) -> Iterator[None]:
+    """`record`: each BatchNorm2d forward inside appends its batch (mean, var) to `stats`;
+    `reuse`: the forwards inside normalise with those instead, layer by layer in the same
+    order (prediction: queries normalised with the support set's statistics)."""
+    token = _STATS.set((mode, stats if mode == "record" else stats[::-1]))
+    try:
+        yield
+    finally:
+        _STATS.reset(token)
 
 
 class BatchNorm2d(nn.Module):
@@ -51,8 +64,14 @@ class BatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = (0, *range(2, x.dim()))
-        mean = x.mean(dim=dims, keepdim=True)
-        var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
+        frozen = _STATS.get()
+        if frozen is not None and frozen[0] == "reuse":
+            mean, var = frozen[1].pop()
+        else:
+            mean = x.mean(dim=dims, keepdim=True)
+            var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
+            if frozen is not None:
+                frozen[1].append((mean, var))
         y = (x - mean) * torch.rsqrt(var + self.eps)
         if self.weight is not None:
             w, b = self.weight, self.bias

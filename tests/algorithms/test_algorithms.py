@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from metalearn.algorithms.anil import ANIL
+from metalearn.algorithms.base import MetaLearner
 from metalearn.algorithms.maml import MAML, msl_weights
 from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.algorithms.protonet import ProtoNet
@@ -14,6 +15,7 @@ from metalearn.models.conv4 import Conv4
 from metalearn.models.norm import BatchNorm2d
 from metalearn.data.episodes import Episodes
 from tests.algorithms.test_maml import random_task
+from tests.algorithms.test_learners import ALGORITHMS
 from tests.conftest import compose_cfg
 
 
@@ -27,20 +29,20 @@ def test_metasgd_learned_lrs_get_meta_gradients_and_change_the_adaptation():
     ep = random_task()
     loss = algo(ep).loss.sum()
     loss.backward()
-    assert len(algo.meta.lrs) == len(list(algo.meta.module.parameters()))
-    assert algo.inner_lr == 0.3 and torch.allclose(algo.meta.lrs[0], torch.tensor(0.3).double())
-    for lr, p in zip(algo.meta.lrs, algo.meta.module.parameters()):
+    assert len(algo.lrs) == len(list(algo.model.parameters()))
+    assert algo.inner_lr == 0.3 and torch.allclose(algo.lrs[0], torch.tensor(0.3).double())
+    for lr, p in zip(algo.lrs, algo.model.parameters()):
         assert lr.shape == p.shape and lr.grad is not None
-    assert sum(lr.grad.abs().sum() for lr in algo.meta.lrs) > 0
+    assert sum(lr.grad.abs().sum() for lr in algo.lrs) > 0
     with torch.no_grad():
-        algo.meta.lrs[-1].mul_(0)  # no adaptation of the head: a different query loss
+        algo.lrs[-1].mul_(0)  # no adaptation of the head: a different query loss
     assert not torch.isclose(algo(ep).loss.sum(), loss)
 
 
 def test_lslr_has_one_learned_lr_per_layer_and_step_and_they_get_gradients():
     algo = MAML(small(), ways=3, inner_lr=0.3, adaptation_steps=2, lslr=True).double()
     algo(random_task()).loss.sum().backward()
-    assert len(algo.lrs) == len(list(algo.maml.module.parameters()))
+    assert len(algo.lrs) == len(list(algo.model.parameters()))
     for lr in algo.lrs:
         assert lr.shape == (2,) and torch.all(lr.grad != 0)
 
@@ -49,7 +51,7 @@ def test_lslr_at_its_initial_values_equals_plain_maml():
     ep = random_task()
     plain = MAML(small(), ways=3, inner_lr=0.3, adaptation_steps=2).double()
     lslr = MAML(small(), ways=3, inner_lr=0.3, adaptation_steps=2, lslr=True).double()
-    lslr.maml.load_state_dict(plain.maml.state_dict())
+    lslr.model.load_state_dict(plain.model.state_dict())
     assert torch.allclose(plain(ep).loss, lslr(ep).loss, rtol=1e-12)
 
 
@@ -60,24 +62,23 @@ def test_anil_adapts_only_the_head_and_embeds_each_task_once():
     algo.backbone.register_forward_hook(lambda *a: calls.append(1))
     ep = random_task()
     grads = {}
-    head_clone = []
-    orig_clone = algo.head.clone
+    adapted = []
+    adapt = algo._adapt
 
-    def spy(**kw):
-        head_clone.append(orig_clone(**kw))
-        return head_clone[-1]
+    def spy(*args, **kw):
+        adapted.append(adapt(*args, **kw)[0])
+        return adapted[-1], []
 
-    algo.head.clone = spy
+    algo._adapt = spy
     algo(ep).loss.sum().backward()
     assert len(calls) == 2  # support + query, once per task, not once per step
-    # the inner loop changed the head clone, never the backbone's weights
-    assert not torch.allclose(head_clone[0].module.weight, before["head.module.weight"])
+    # the inner loop changed the head's copy, never the backbone's weights
+    assert set(dict(adapted[0].named_parameters())) == {"weight", "bias"}
+    assert not torch.allclose(adapted[0].weight, before["model.weight"])
     for k, v in algo.state_dict().items():
         assert torch.equal(v, before[k]), k
     # the outer update still reaches the backbone
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in algo.backbone.parameters())
-    adapted = {id(p) for p in head_clone[0].module.parameters()}
-    assert not adapted & {id(p) for p in algo.backbone.parameters()}
 
 
 def test_msl_weights_sum_to_one_and_anneal_towards_the_last_step():
@@ -94,13 +95,13 @@ def test_msl_weights_sum_to_one_and_anneal_towards_the_last_step():
 
 def test_multi_step_loss_is_on_during_msl_iterations_then_only_the_last_step_counts():
     algo = MAML(small(), ways=3, adaptation_steps=3, multi_step_loss=True, msl_iterations=10)
-    algo.on_iteration(5, 100)
+    algo.on_iteration(5)
     assert algo.use_msl and torch.allclose(algo.step_weights(), msl_weights(3, 0.5))
-    algo.on_iteration(11, 100)
-    assert not algo.use_msl and algo.step_weights().tolist() == [0.0, 0.0, 1.0]
+    algo.on_iteration(11)
+    assert not algo.use_msl and algo.step_weights() is None
     # the MSL loss is the weighted sum of the per-step query losses
     algo = algo.double()
-    algo.on_iteration(1, 100)
+    algo.on_iteration(1)
     ep = random_task()
     _, logits = algo._adapt(ep.support_x[0], ep.support_y[0], 3, False, query=ep.query_x[0])
     want = sum(w * F.cross_entropy(l, ep.query_y[0]) for w, l in zip(algo.step_weights(), logits))
@@ -119,7 +120,7 @@ def test_derivative_order_annealing_switches_at_the_configured_iteration():
         return torch.cat([p.grad.flatten() for p in a.parameters()])
 
     for it, first in [(1, True), (3, True), (4, False), (100, False)]:
-        algo.on_iteration(it, 100)
+        algo.on_iteration(it)
         assert algo.train_first_order is first
         assert torch.allclose(grad(algo), grad(reference[first]), rtol=1e-10)
     assert not torch.allclose(grad(reference[True]), grad(reference[False]))
@@ -160,11 +161,15 @@ def test_ways_limits_per_learner():
 
 
 def test_algorithm_configs_build_their_learner():
-    for name, cls in [("maml", MAML), ("fomaml", MAML), ("mamlpp", MAML), ("metasgd", MetaSGD),
-                      ("anil", ANIL), ("protonet", ProtoNet), ("snail", SNAIL)]:
+    for name in ALGORITHMS:
         cfg = compose_cfg("dataset=synthetic", f"algorithm={name}")
         algo = instantiate(cfg.algo, backbone=small(), ways=cfg.task.ways)
-        assert type(algo) is cls
+        assert isinstance(algo, MetaLearner) and algo.ways == cfg.task.ways
+        assert cfg.algo._target_.endswith("." + type(algo).__name__)
+    assert {name: type(instantiate(compose_cfg("dataset=synthetic", f"algorithm={name}").algo,
+                                   backbone=small(), ways=5))
+            for name in ("fomaml", "mamlpp", "metasgd", "anil")} == {
+        "fomaml": MAML, "mamlpp": MAML, "metasgd": MetaSGD, "anil": ANIL}
     cfg = compose_cfg("dataset=synthetic", "algorithm=fomaml")
     assert cfg.algo.first_order is True and cfg.algo.inner_lr == 0.4
     pp = compose_cfg("dataset=synthetic", "algorithm=mamlpp").algo
@@ -240,3 +245,19 @@ def test_snail_support_order_is_shuffled_per_training_step():
     first = algo(ep).loss
     torch.manual_seed(2)
     assert not torch.allclose(algo(ep).loss, first)  # causal model: order matters, and varies
+
+
+@pytest.mark.parametrize("cls, old", [(MAML, {"model.": "maml.module."}),
+                                      (MetaSGD, {"model.": "meta.module.", "lrs.": "meta.lrs."}),
+                                      (ANIL, {"model.": "head.module."})])
+def test_checkpoints_with_the_learn2learn_wrapper_keys_still_load(cls, old):
+    saved = {k: torch.randn_like(v) for k, v in cls(small(), ways=3).state_dict().items()}
+    legacy = {}
+    for k, v in saved.items():
+        prefix = next((p for p in old if k.startswith(p)), "")
+        legacy[(old[prefix] + k[len(prefix):]) if prefix else k] = v
+    assert legacy.keys() != saved.keys()
+    fresh = cls(small(), ways=3)
+    fresh.load_state_dict(legacy)  # strict: every key found a home
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, saved[k]), k

@@ -24,7 +24,7 @@ def test_one_task_meta_gradient_matches_hand_written_second_order():
     algo(ep).loss.sum().backward()
     got = [p.grad.clone() for p in algo.parameters()]
 
-    model = algo.maml.module
+    model = algo.model
     names = [n for n, _ in model.named_parameters()]
     theta = [p.detach().clone().requires_grad_() for p in model.parameters()]
     fast = theta
@@ -55,6 +55,6 @@ def test_config_overrides_reach_the_learn2learn_wrapper():
     cfg = compose_cfg("dataset=synthetic", "algo.inner_lr=0.123", "algo.adaptation_steps=3",
                       "algo.test_adaptation_steps=7", "algo.first_order=true", "task.ways=4")
     algo = instantiate(cfg.algo, backbone=Conv4(1, 28), ways=cfg.task.ways)
-    assert algo.maml.lr == 0.123 and algo.maml.first_order is True
+    assert algo.inner_lr == 0.123 and algo.first_order is True
     assert algo.adaptation_steps == 3 and algo.test_adaptation_steps == 7
-    assert algo.maml.module[1].out_features == 4
+    assert algo.model[1].out_features == 4

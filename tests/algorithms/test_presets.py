@@ -21,6 +21,7 @@ PAPER = {  # (dataset, algorithm target, ways, shots, a few values from the pape
     "protonet_miniimagenet_5w1s": ("miniimagenet", "ProtoNet", 5, 1, {"task.train_ways": 30, "backbone.hidden": 64}),
     "protonet_miniimagenet_5w5s": ("miniimagenet", "ProtoNet", 5, 5, {"task.train_ways": 20}),
     "snail_omniglot_5w1s": ("omniglot", "SNAIL", 5, 1, {"algo.tc_filters": 128, "backbone.max_pool": True}),
+    "reptile_omniglot_5w1s": ("omniglot", "Reptile", 5, 1, {"algo.inner_lr": 0.001, "algo.adaptation_steps": 5, "algo.test_adaptation_steps": 50, "algo.inner_optimizer": "adam", "trainer.meta_batch_size": 5, "trainer.iterations": 100000, "optimizer.lr": 1.0, "optimizer.momentum": 0.0}),
     "mamlpp_miniimagenet_5w1s": ("miniimagenet", "MAML", 5, 1, {"algo.lslr": True, "algo.per_step_bn": True, "algo.multi_step_loss": True, "scheduler.eta_min": 0.00001, "backbone.hidden": 48}),
 }
 

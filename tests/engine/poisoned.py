@@ -8,8 +8,8 @@ class PoisonedMAML(MAML):
         super().__init__(*args, **kwargs)
         self.poison = range(poison_from, poison_until + 1)
 
-    def on_iteration(self, iteration: int, total: int) -> None:
-        super().on_iteration(iteration, total)
+    def on_iteration(self, iteration: int) -> None:
+        super().on_iteration(iteration)
         self.iteration = iteration
 
     def forward(self, episodes):

@@ -1,0 +1,208 @@
+"""Use a trained run on your own few-shot task: adapt to a labelled support set, classify images.
+
+    from metalearn.inference import load
+    model = load("outputs/runs/2026-11-27/10-00-00")     # a run directory or a .pt checkpoint
+    task = model.adapt(["a1.png", "b1.png"], ["alpha", "beta"])  # paths, PIL images or tensors
+    pred = task.predict(["q1.png", "q2.png"])            # pred.labels, pred.probabilities
+
+Images go through the preprocessing the model was trained with (channels, size, resize filter,
+Omniglot's inversion, mean/std), saved in the checkpoint as plain values. BatchNorm normalises
+the queries with the support set's statistics, so a prediction does not depend on which other
+queries are classified with it (README, "Prediction").
+
+The command line (`metalearn-predict RUN SUPPORT QUERY`): SUPPORT is a folder of class folders,
+QUERY a folder of images; writes a CSV of path, predicted label and each class's probability.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable, Sequence, Union
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+from torchvision.transforms.functional import to_pil_image
+
+from metalearn.algorithms.base import Classifier, MetaLearner
+from metalearn.data.base import FewShotDataset
+from metalearn.data.readers import IMAGE_EXTENSIONS
+from metalearn.engine import checkpoint
+from metalearn.errors import ConfigError, DataError, MetalearnError
+
+ImageLike = Union[str, Path, Image.Image, torch.Tensor]
+
+
+def preprocessing(data: FewShotDataset) -> dict[str, Any]:
+    """How `data`'s images were made from files, as plain values (saved in checkpoints)."""
+    channels, size, _ = data.image_shape
+    # every reader here resizes with LANCZOS; Omniglot stores ink as 1 (Finn et al. 2017)
+    return {"channels": channels, "image_size": size, "resize": "LANCZOS",
+            "invert": data.name.startswith("omniglot"),
+            "mean": [float(m) for m in data.mean], "std": [float(s) for s in data.std]}
+
+
+class Preprocessor:
+    """An image (path, PIL image, or tensor [C, H, W] / [H, W], uint8 or float in [0, 1],
+    pixels as in the image file) -> the normalised float tensor the model was trained on."""
+
+    def __init__(self, prep: dict[str, Any]) -> None:
+        self.prep = prep
+        self.mean = torch.tensor(prep["mean"]).view(-1, 1, 1)
+        self.std = torch.tensor(prep["std"]).view(-1, 1, 1)
+
+    def __call__(self, image: ImageLike) -> torch.Tensor:
+        p = self.prep
+        if isinstance(image, torch.Tensor):
+            image = to_pil_image(image)
+        elif not isinstance(image, Image.Image):
+            try:
+                with Image.open(image) as im:
+                    im.load()
+                    image = im
+            except (OSError, ValueError) as e:
+                raise DataError(f"cannot read image {image}: {e}. Pass an image file") from None
+        size = p["image_size"]
+        im = image.convert("L" if p["channels"] == 1 else "RGB")
+        im = im.resize((size, size), getattr(Image.Resampling, p["resize"]))
+        x = np.asarray(im, dtype=np.uint8)
+        if p["invert"]:
+            x = 255 - x
+        x = torch.from_numpy(x.copy()).float().div(255)
+        x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+        return (x - self.mean) / self.std
+
+    def batch(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        if len(images) == 0:
+            raise DataError("no images given")
+        return torch.stack([self(im) for im in images])
+
+
+@dataclass
+class Prediction:
+    labels: list[Hashable]        # the predicted label of each query, from the support labels
+    probabilities: torch.Tensor   # [Q, classes], columns in the order of `classes`
+    classes: list[Hashable]
+
+
+class AdaptedTask:
+    """A model adapted to one support set; `predict` classifies any number of query images."""
+
+    def __init__(self, classify: Classifier, classes: list[Hashable], prep: Preprocessor,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.classify, self.classes, self.prep = classify, classes, prep
+        self.device, self.dtype = device, dtype
+
+    def predict(self, images: Sequence[ImageLike] | ImageLike) -> Prediction:
+        if isinstance(images, (str, Path, Image.Image)) or (
+                isinstance(images, torch.Tensor) and images.dim() <= 3):
+            images = [images]
+        x = self.prep.batch(images).to(self.device, self.dtype)
+        probs = self.classify(x).softmax(-1).float().cpu()
+        return Prediction([self.classes[i] for i in probs.argmax(-1).tolist()], probs,
+                          list(self.classes))
+
+
+class FewShotModel:
+    """A trained meta-learner with the preprocessing of its training data."""
+
+    def __init__(self, learner: MetaLearner, prep: dict[str, Any],
+                 device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.learner = learner.to(self.device).eval()
+        self.dtype = next(learner.parameters()).dtype
+        self.preprocessor = Preprocessor(prep)
+
+    def adapt(self, images: Sequence[ImageLike], labels: Sequence[Hashable]) -> AdaptedTask:
+        """Adapt to a support set: images with their labels (any hashable: str, int, ...)."""
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} support images but {len(labels)} labels: give one "
+                            f"label per image")
+        classes = list(dict.fromkeys(labels))  # first-appearance order
+        try:
+            self.learner.check_ways(len(classes))
+        except ConfigError:
+            raise DataError(f"this {type(self.learner).__name__} model classifies "
+                            f"{self.learner.ways} classes, the support set has {len(classes)}: "
+                            f"give it exactly {self.learner.ways}") from None
+        x = self.preprocessor.batch(images).to(self.device, self.dtype)
+        y = torch.tensor([classes.index(label) for label in labels], device=self.device)
+        return AdaptedTask(self.learner.adapt(x, y), classes, self.preprocessor, self.device,
+                           self.dtype)
+
+
+def load(path: str | Path, device: torch.device | str = "cpu",
+         name: str = "best.pt") -> FewShotModel:
+    """A run directory (its `name` checkpoint) or a checkpoint file -> a FewShotModel."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    state = checkpoint.load(path, "cpu")
+    cfg = OmegaConf.create(state["config"])
+    prep = state.get("preprocessing")
+    if prep is None:  # a checkpoint from before preprocessing was saved: rebuild it from its data
+        prep = preprocessing(instantiate(cfg.dataset))
+    backbone = instantiate(cfg.backbone, in_channels=prep["channels"],
+                           image_size=prep["image_size"])
+    learner: MetaLearner = instantiate(cfg.algo, backbone=backbone, ways=cfg.task.ways)
+    learner.load_state_dict(state["model"])
+    return FewShotModel(learner, prep, device)
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def predict_folders(run: Path, support: Path, query: Path, device: str = "cpu"
+                    ) -> tuple[list[Path], Prediction]:
+    for what, folder in (("support", support), ("query", query)):
+        if not folder.is_dir():
+            raise DataError(f"{what} folder {folder} does not exist")
+    images, labels = [], []
+    for class_dir in sorted(p for p in support.iterdir() if p.is_dir()):
+        found = _images(class_dir)
+        images += found
+        labels += [class_dir.name] * len(found)
+    if not images:
+        raise DataError(f"{support} holds no class folders with images: make one folder per "
+                        f"class, its images inside")
+    queries = _images(query)
+    if not queries:
+        raise DataError(f"{query} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return queries, load(run, device).adapt(images, labels).predict(queries)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="metalearn-predict", description="Adapt a trained run to a support set of class "
+        "folders and classify a folder of query images; writes CSV (path, label, one "
+        "probability column per class).")
+    parser.add_argument("run", type=Path, help="run directory (uses best.pt) or checkpoint file")
+    parser.add_argument("support", type=Path, help="folder of class folders of images")
+    parser.add_argument("query", type=Path, help="folder of images to classify")
+    parser.add_argument("-o", "--output", default="-", help="CSV file (default: stdout)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    args = parser.parse_args(argv)
+    try:
+        queries, pred = predict_folders(args.run, args.support, args.query, args.device)
+    except MetalearnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["path", "label", *pred.classes])
+        for path, label, probs in zip(queries, pred.labels, pred.probabilities.tolist()):
+            writer.writerow([str(path), label, *(f"{p:.6f}" for p in probs)])
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+if __name__ == "__main__":
+    main()
