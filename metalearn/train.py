@@ -13,12 +13,14 @@ import metalearn  # noqa: F401  (silences gym's import banner before learn2learn
 from metalearn.engine.loop import train
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from metalearn.errors import MetalearnError
+from metalearn.online.run import run_online
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     try:
-        results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        results = (run_online if cfg.get("online") else train)(
+            cfg, Path(HydraConfig.get().runtime.output_dir))
     except Preempted as e:  # last.pt is saved: a requeued job continues with resume=auto
         print(f"preempted: {e}", file=sys.stderr)
         sys.exit(PREEMPTED_EXIT_CODE)
@@ -30,7 +32,7 @@ def main(cfg: DictConfig) -> float:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the sweeper records a failed job and decides; exit(2) would end the sweep
         sys.exit(2)
-    return results["best_val_acc"]  # what Hydra sweepers optimise
+    return results.get("best_val_acc", results.get("online_acc"))  # what sweepers optimise
 
 
 def _user_error(e: BaseException | None) -> MetalearnError | None:
