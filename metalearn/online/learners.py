@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn.algorithms.base import MetaLearner, accuracy
+from metalearn.algorithms.base import MetaLearner, TaskMetrics, accuracy
 from metalearn.data.episodes import Episodes
 from metalearn.errors import ConfigError, TrainingError
 from metalearn.online.buffer import TaskBuffer
@@ -41,8 +41,8 @@ class OnlineLearner:
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def score(self, episodes: Episodes) -> torch.Tensor:
-        """Query accuracy per task after adapting on its support set; learns nothing."""
+    def score(self, episodes: Episodes) -> TaskMetrics:
+        """Query loss and accuracy per task after adapting on its support set; learns nothing."""
         raise NotImplementedError
 
     def learn(self, buffer: TaskBuffer, generator: torch.Generator) -> dict[str, float]:
@@ -81,11 +81,12 @@ class FTML(OnlineLearner):
         self.algo = ctx.algo
         self.opt = ctx.make_optimizer(self.algo.parameters())
 
-    def score(self, episodes: Episodes) -> torch.Tensor:
+    def score(self, episodes: Episodes) -> TaskMetrics:
         self.algo.eval()
         try:
             with torch.no_grad():
-                return self.algo.evaluate(episodes).acc.float()
+                m = self.algo.evaluate(episodes)
+            return TaskMetrics(m.loss.float(), m.acc.float())
         finally:
             self.algo.train()
 
@@ -148,16 +149,18 @@ class _FineTuner(OnlineLearner):
     def body(self) -> nn.Module:
         raise NotImplementedError
 
-    def score(self, episodes: Episodes) -> torch.Tensor:
-        accs = []
+    def score(self, episodes: Episodes) -> TaskMetrics:
+        losses, accs = [], []
         for t in range(len(episodes)):
             ways = int(episodes.support_y[t].max()) + 1
             with torch.enable_grad():
                 model = finetune(self.body(), ways, episodes.support_x[t], episodes.support_y[t],
                                  self.finetune_steps, self.finetune_lr)
             with torch.no_grad():
-                accs.append(accuracy(model(episodes.query_x[t]), episodes.query_y[t]))
-        return torch.stack(accs).float()
+                logits = model(episodes.query_x[t])
+                losses.append(F.cross_entropy(logits, episodes.query_y[t]))
+                accs.append(accuracy(logits, episodes.query_y[t]))
+        return TaskMetrics(torch.stack(losses).float(), torch.stack(accs).float())
 
 
 class Scratch(_FineTuner):

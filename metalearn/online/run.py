@@ -175,14 +175,16 @@ def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     def probe_acc(domain: int) -> float:
         idx = (probes.domain == domain).nonzero().flatten().tolist()
-        return float(learner.score(prep(probes.episodes(split, idx, t.shots, t.query))).mean())
+        episodes = prep(probes.episodes(split, idx, t.shots, t.query))
+        return float(learner.score(episodes).acc.mean())
 
     exit_code = 1
     try:
         for r in range(first, len(stream)):
             # 1. score the new task with what was learnt before it ...
             ep = prep(stream.episodes(split, [r], t.shots, t.query))
-            acc = float(learner.score(ep)[0])
+            scored = learner.score(ep)
+            acc, loss = float(scored.acc[0]), float(scored.loss[0])
             examples = None
             if eff.max_shots and (r + 1) % eff.every == 0:
                 examples = examples_to_reach(learner, stream, split, prep, r, t, eff, acc)
@@ -192,7 +194,7 @@ def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             hist["acc"].append(acc)
             hist["examples"].append(examples)
             d = int(stream.domain[r])
-            row = {"online/acc": acc, "online/acc_mean": sum(hist["acc"]) / len(hist["acc"]),
+            row = {"online/acc": acc, "online/loss": loss, "online/acc_mean": sum(hist["acc"]) / len(hist["acc"]),
                    "online/domain": d, **extra}
             if eff.max_shots and (r + 1) % eff.every == 0:
                 row["online/examples_to_threshold"] = examples
@@ -228,7 +230,7 @@ def examples_to_reach(learner: OnlineLearner, stream: TaskStream, split, prep: P
     `eff.max_shots` shots are not enough."""
     for s in range(1, eff.max_shots + 1):
         a = acc_at_shots if s == t.shots else \
-            float(learner.score(prep(stream.episodes(split, [r], s, t.query)))[0])
+            float(learner.score(prep(stream.episodes(split, [r], s, t.query))).acc[0])
         if a >= eff.threshold:
             return s * t.ways
     return None
