@@ -22,7 +22,7 @@ from metalearn.data.episodes import Preprocess
 from metalearn.engine import checkpoint
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, seed_everything
-from metalearn.errors import ConfigError
+from metalearn.errors import ConfigError, MetalearnError
 from metalearn.online.learners import Context, OnlineLearner
 from metalearn.online.stream import TaskStream
 from metalearn.tracking import RunLogger
@@ -81,6 +81,17 @@ def _resume(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, Path, dict | No
     return cfg, out_dir, state
 
 
+def _make(node: DictConfig) -> Any:
+    """instantiate(node), raising the MetalearnError Hydra wraps (a bad setting is one line)."""
+    try:
+        return instantiate(node)
+    except Exception as e:
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, MetalearnError):
+            cause = cause.__cause__
+        raise (cause or e) from None
+
+
 def _init_from(algo: torch.nn.Module, where: str) -> None:
     """Meta-parameters from an i.i.d. meta-training run (its best.pt) or a .pt file."""
     path = Path(where)
@@ -100,11 +111,10 @@ def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     device = resolve_device(cfg.device)
+    buffer, spec = _make(oc.buffer), _make(oc.stream)
+    learner: OnlineLearner = _make(oc.learner)
     seed_everything(cfg.seed)
     data, algo = build(cfg, device)
-    buffer = instantiate(oc.buffer)
-    spec = instantiate(oc.stream)
-    learner: OnlineLearner = instantiate(oc.learner)
     eff = oc.efficiency
     if eff.max_shots and eff.max_shots < t.shots:
         raise ConfigError(f"online.efficiency.max_shots={eff.max_shots} < task.shots={t.shots}: "
@@ -114,7 +124,8 @@ def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     split = data.splits()[spec.split]
     shots_drawn = max(t.shots, eff.max_shots or 0)
     stream: TaskStream = spec.draw(split, t.ways, shots_drawn, t.query, cfg.seed)
-    (out_dir / "stream.json").write_text(json.dumps(stream.to_json(split)))
+    (out_dir / "stream.json").write_text(json.dumps(
+        {**stream.to_json(split), "left_out": getattr(spec, "left_out", [])}))
     probes = None
     if oc.forgetting.domains and hasattr(spec, "probes"):
         probes = spec.probes(stream, split, oc.forgetting.domains, oc.forgetting.tasks, t.ways,

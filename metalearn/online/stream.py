@@ -10,6 +10,7 @@ know about streams.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from metalearn.data.base import ImageSplit
 from metalearn.data.episodes import Episodes
 from metalearn.errors import ConfigError
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
@@ -135,10 +137,20 @@ class DomainStream:
             tasks_per_domain, domains, split, seed
 
     def draw(self, split: ImageSplit, ways: int, shots: int, query: int, seed: int) -> TaskStream:
-        pools = domains_of(split)
-        if self.domains is not None and self.domains > len(pools):
-            raise ConfigError(f"online.stream.domains={self.domains} but the {split.name} split "
-                              f"has {len(pools)} domains: lower it (or null = all)")
+        every = domains_of(split)
+        # a domain with fewer classes than ways cannot give a task (Omniglot's small alphabets
+        # keep only a few characters in each split): left out of the order, and listed
+        pools = {d: c for d, c in every.items() if len(c) >= ways}
+        self.left_out = sorted(set(every) - set(pools))
+        if self.left_out:
+            log.warning("online stream: %d domains of the %s split have fewer than %d classes "
+                        "and are left out: %s", len(self.left_out), split.name, ways,
+                        ", ".join(self.left_out))
+        wanted = self.domains or len(every)
+        if not pools or (self.domains is not None and self.domains > len(pools)):
+            raise ConfigError(f"online.stream.domains={wanted} but only {len(pools)} domains of "
+                              f"the {split.name} split have task.ways={ways} classes or more: "
+                              f"lower online.stream.domains or task.ways")
         g = torch.Generator().manual_seed(self.seed if self.seed is not None else seed)
         names = list(pools)
         order = [names[i] for i in torch.randperm(len(names), generator=g).tolist()]

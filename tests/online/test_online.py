@@ -135,7 +135,8 @@ def test_ftml_beats_training_from_scratch_on_a_synthetic_stream(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("online.buffer.size=0", "buffer must hold at least 1 task"),
-    ("task.ways=17", "domain 'd00' of the train split has only 16 classes"),
+    ("task.ways=17", "only 0 domains of the train split have task.ways=17 classes or more"),
+    ("online.stream.domains=5", "online.stream.domains=5 but only 4 domains"),
     ("online.buffer.sampling=lifo", "choose one of uniform, recent"),
 ])
 def test_impossible_settings_fail_with_one_clear_line(tmp_path, override, message):
