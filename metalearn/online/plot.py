@@ -54,7 +54,8 @@ def compare(run_dirs: list[Path], out: Path, window: int = 10) -> None:
         rows = [r for r in rows if "online/acc" in r]
         if i == 0:
             _boundaries(ax, [r["online/domain"] for r in rows])
-        label = json.loads((d / "results.json").read_text())["learner"]
+        done = d / "results.json"  # a run still going (or stopped) is drawn as far as it got
+        label = json.loads(done.read_text())["learner"] if done.exists() else d.name
         ax.plot([r["step"] for r in rows], _smooth([r["online/acc"] for r in rows], window),
                 lw=1.5, label=label)
     ax.set(xlabel="round (task)", ylabel=f"accuracy before learning ({window}-round mean)",

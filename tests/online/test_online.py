@@ -22,8 +22,8 @@ from tests.conftest import ROOT, compose_cfg
 # Tiny synthetic-domain streams: 12-px images, 8-filter Conv-4, 3-way 1-shot, 3 queries.
 TINY = ["dataset=synthetic_domains", "dataset.image_size=12", "dataset.signal_size=6",
         "backbone.hidden=8", "logger=none", "device=cpu", "task.ways=3", "task.query=3",
-        "online.efficiency.max_shots=0", "online.forgetting.domains=0",
-        "online.learner.meta_batch_size=2", "online.learner.steps_per_round=1"]
+        "online.efficiency.max_shots=0", "online.forgetting.domains=0"]
+FAST_FTML = ["online=ftml", *TINY, "online.learner.meta_batch_size=2", "online.learner.steps_per_round=1"]
 IID = ["online/stream=iid", "online.stream.rounds=4"]
 
 
@@ -40,10 +40,10 @@ def test_each_round_is_scored_before_the_learner_learns_from_it(tmp_path, monkey
     score, add = FTML.score, TaskBuffer.add
     monkeypatch.setattr(FTML, "score", lambda self, ep: (events.append("score"), score(self, ep))[1])
     monkeypatch.setattr(TaskBuffer, "add", lambda self, r: (events.append(f"add{r}"), add(self, r))[1])
-    run_online(compose_cfg("online=ftml", *TINY, *IID), tmp_path / "full")
+    run_online(compose_cfg(*FAST_FTML, *IID), tmp_path / "full")
     assert events == [e for r in range(4) for e in ("score", f"add{r}")]
     # Independently: round 4's score is what the parameters after round 3 give on task 4.
-    cfg3 = compose_cfg("online=ftml", *TINY, "online/stream=iid", "online.stream.rounds=3")
+    cfg3 = compose_cfg(*FAST_FTML, "online/stream=iid", "online.stream.rounds=3")
     run_online(cfg3, tmp_path / "three")
     from metalearn.engine.loop import build
 
@@ -91,7 +91,7 @@ def test_streams_and_buffer_are_deterministic_under_a_seed():
 
 
 def test_resume_after_kill_9_equals_an_uninterrupted_stream(tmp_path):
-    over = ["online=ftml", *TINY, "online/stream=iid", "online.stream.rounds=5",
+    over = [*FAST_FTML, "online/stream=iid", "online.stream.rounds=5",
             "online.checkpoint_every=2", "online.efficiency.max_shots=2",
             "online.efficiency.threshold=0.5"]
     run_online(compose_cfg(*over), tmp_path / "straight")
@@ -140,7 +140,7 @@ def test_ftml_beats_training_from_scratch_on_a_synthetic_stream(tmp_path):
     ("online.buffer.sampling=lifo", "choose one of uniform, recent"),
 ])
 def test_impossible_settings_fail_with_one_clear_line(tmp_path, override, message):
-    cfg = compose_cfg("online=ftml", *TINY, "online.stream.split=train", override)
+    cfg = compose_cfg(*FAST_FTML, "online.stream.split=train", override)
     with pytest.raises(ConfigError, match=message):
         run_online(cfg, tmp_path)
 
@@ -148,7 +148,7 @@ def test_impossible_settings_fail_with_one_clear_line(tmp_path, override, messag
 def test_frozen_scores_a_saved_checkpoint_and_needs_one(tmp_path):
     with pytest.raises(ConfigError, match="set online.checkpoint="):
         run_online(compose_cfg("online=frozen", *TINY, *IID), tmp_path / "a")
-    run_online(compose_cfg("online=ftml", *TINY, *IID), tmp_path / "ftml")
+    run_online(compose_cfg(*FAST_FTML, *IID), tmp_path / "ftml")
     pt = tmp_path / "meta.pt"
     checkpoint.save({"model": _weights(tmp_path / "ftml")}, pt)
     res = run_online(compose_cfg("online=frozen", *TINY, *IID, f"online.checkpoint={pt}"),
