@@ -129,7 +129,8 @@ def test_ftml_beats_training_from_scratch_on_a_synthetic_stream(tmp_path):
     over = ["dataset=synthetic_domains", "dataset.image_size=16", "dataset.signal_size=4",
             "dataset.noise=0.0", "backbone.hidden=8", "logger=none", "device=cpu", "task.ways=3",
             "task.query=3", "online.efficiency.max_shots=0", "online.forgetting.domains=0",
-            "online.stream.split=train", "online.stream.domains=2", "online.stream.tasks_per_domain=4"]
+            "online.stream.split=train", "online.stream.domains=2",
+            "online.stream.tasks_per_domain=4"]
     ftml = run_online(compose_cfg("online=ftml", *over, "online.learner.steps_per_round=3",
                                   "online.learner.meta_batch_size=4"), tmp_path / "ftml")
     scratch = run_online(compose_cfg("online=scratch", *over, "online.learner.finetune_steps=20"),
