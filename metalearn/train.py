@@ -26,6 +26,7 @@ from metalearn.engine.io import disk_error
 from metalearn.engine.loop import train
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from metalearn.errors import MetalearnError
+from metalearn.online.run import run_online
 
 # metalearn.launch (torchrun that returns 75) points this at a folder: each worker that stops
 # resumable drops a file there, since torchrun itself only reports "a worker failed" (1).
@@ -35,7 +36,8 @@ EXIT_DIR_ENV = "METALEARN_EXIT_DIR"
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float:
     try:
-        results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        results = (run_online if cfg.get("online") else train)(
+            cfg, Path(HydraConfig.get().runtime.output_dir))
     except Exception as e:
         code = report(e)  # here, not in main(): Hydra would add "Error executing job ..."
         if code is None:
@@ -45,7 +47,7 @@ def app(cfg: DictConfig) -> float:
             raise  # the sweeper records a failed job and decides
         _record_exit(code)
         sys.exit(code)
-    return results["best_val_acc"]  # what Hydra sweepers optimise
+    return results.get("best_val_acc", results.get("online_acc"))  # what sweepers optimise
 
 
 def main() -> None:
