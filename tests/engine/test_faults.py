@@ -107,7 +107,8 @@ def _cli(tmp_path, *overrides, run=None):
     ("trainr.iterations=5",
      "error: trainr.iterations=5: unknown key 'trainr'; did you mean trainer.iterations?"),
     ("algorithm=mamll", "error: algorithm=mamll: no such option; did you mean algorithm=maml? "
-                        "choose one of anil, fomaml, maml, mamlpp, metasgd, protonet, snail"),
+                        "choose one of " + ", ".join(sorted(
+                            p.stem for p in (ROOT / "metalearn/configs/algorithm").glob("*.yaml")))),
     ("algo.inner_lr=abc", "error: algo.inner_lr=abc: expected a number"),
 ])
 def test_train_py_answers_typos_and_bad_values_with_one_line(tmp_path, override, line):
