@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn.algorithms.base import MetaLearner, TaskMetrics, accuracy
+from metalearn.algorithms.base import Classifier, MetaLearner, TaskMetrics, accuracy
 from metalearn.data.episodes import EpisodeSampler, Episodes
 from metalearn.errors import ConfigError
+from metalearn.models.norm import batch_stats
 
 HEADS = ("linear", "cosine")
 
@@ -143,6 +144,20 @@ class Baseline(MetaLearner):
         ways = int(episodes.support_y.max()) + 1
         weight, extra = self.fit_heads(zs, episodes.support_y, ways)
         return head_logits(zq, weight, extra, self.head, self._scale(ways))
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Classifier:
+        """A head fitted on the support features; queries normalised with the support set's
+        BatchNorm statistics, so each prediction is independent of the other queries."""
+        stats, ways = [], int(support_y.max()) + 1
+        with torch.no_grad(), batch_stats(stats, "record"):
+            support = self.backbone(support_x)
+        weight, extra = self.fit_heads(support[None], support_y[None], ways)
+
+        def classify(query_x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), batch_stats(stats, "reuse"):
+                zq = self.backbone(query_x)
+            return head_logits(zq[None], weight, extra, self.head, self._scale(ways))[0]
+        return classify
 
     def evaluate(self, episodes: Episodes) -> TaskMetrics:
         logits = self.query_logits(episodes)

@@ -35,7 +35,9 @@ def model(algorithm, data):
     torch.manual_seed(0)
     cfg = compose_cfg("dataset=synthetic", f"algorithm={algorithm}", "backbone.hidden=8")
     backbone = instantiate(cfg.backbone, in_channels=1, image_size=SIZE)
-    learner = instantiate(cfg.algo, backbone=backbone, ways=5)
+    # transfer learners size their pre-training head by the training classes (as loop.build)
+    extra = {"num_classes": data.train.num_classes} if cfg.algo.get("num_classes", 0) is None else {}
+    learner = instantiate(cfg.algo, backbone=backbone, ways=5, **extra)
     if hasattr(learner, "test_adaptation_steps"):
         learner.test_adaptation_steps = 2
     return FewShotModel(learner, preprocessing(data))
