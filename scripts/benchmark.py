@@ -67,7 +67,7 @@ SMALL = {
 # mamlpp_* come last: gpu_check.sh times the whole benchmark out, and each setting is saved
 # as it ends, so the settings measured before keep their numbers.
 MAMLPP = dict(multi_step_loss=True, msl_iterations=10**6, lslr=True, per_step_bn=True)
-# ENGINEERING.md §4: mini-ImageNet 5w1s, 5 steps, 2nd order moves ~183 MiB of activations per
+# mini-ImageNet 5w1s, 5 steps, 2nd order moves ~183 MiB of activations per
 # task; the H100's memory bandwidth puts the floor near 0.5 ms per task.
 ROOFLINE_TASKS_PER_S = {"mini_5w1s_2nd": 2000.0}
 

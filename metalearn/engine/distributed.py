@@ -2,7 +2,7 @@
 
 Each rank meta-trains on its share of the meta-batch and the meta-gradients are summed by
 hand after backward. `DDP(MAML(model))` is *not* used: its hooks do not see learn2learn's
-clones, so gradients silently stay unsynchronised (docs/ENGINEERING §7). Without torchrun
+clones, so gradients silently stay unsynchronised. Without torchrun
 (`WORLD_SIZE` unset) every helper here is a no-op for a world of one process.
 
 A worker that freezes (SIGSTOP, a hung filesystem) would hold the others in a collective for
@@ -57,8 +57,8 @@ class World:
         """Sum every parameter's gradient over ranks, in one flat all-reduce.
 
         The loop scales each rank's loss by 1/(global meta-batch), so the sum is exactly the
-        mean over all tasks even when ranks hold different numbers of tasks (the ENGINEERING
-        recipe "all-reduce, then divide by world size" is the same for equal shares)."""
+        mean over all tasks even when ranks hold different numbers of tasks ("all-reduce, then
+        divide by world size" is the same for equal shares)."""
         if self.size == 1:
             return
         params = list(params)
