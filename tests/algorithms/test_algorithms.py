@@ -163,7 +163,9 @@ def test_ways_limits_per_learner():
 def test_algorithm_configs_build_their_learner():
     for name in ALGORITHMS:
         cfg = compose_cfg("dataset=synthetic", f"algorithm={name}")
-        algo = instantiate(cfg.algo, backbone=small(), ways=cfg.task.ways)
+        # transfer learners' pre-training head: null = the training classes (loop.build)
+        extra = {"num_classes": 64} if cfg.algo.get("num_classes", 0) is None else {}
+        algo = instantiate(cfg.algo, backbone=small(), ways=cfg.task.ways, **extra)
         assert isinstance(algo, MetaLearner) and algo.ways == cfg.task.ways
         assert cfg.algo._target_.endswith("." + type(algo).__name__)
     assert {name: type(instantiate(compose_cfg("dataset=synthetic", f"algorithm={name}").algo,

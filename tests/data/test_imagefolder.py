@@ -116,7 +116,7 @@ def test_bad_ratios_and_channels_are_config_errors(tmp_path):
 
 def test_missing_root_and_empty_root(tmp_path):
     with pytest.raises(DataError, match=r"not found: .*nope does not exist.*<class name>/<image>"
-                                        r".*METALEARN_DATA_DIR"):
+                                        r".*set dataset.path="):
         load_imagefolder(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"empty has no class folders"):

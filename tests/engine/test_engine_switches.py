@@ -14,20 +14,21 @@ from tests.models.test_backbones import trained_parameters
 
 
 # Runs train.py as its shim does, counting calls into each engine: the batched engine's
-# guard (called once per adapt_batched) and learn2learn's per-task clone.
+# guard (called once per adapt_batched) and learn2learn's per-task `clone_module`.
 SPY = """
 import atexit, json, os, runpy, sys
 import learn2learn as l2l
 import metalearn.algorithms.functional as functional
 calls = {"batched": 0, "l2l_clone": 0}
-guard, clone = functional.require_exact_norms, l2l.algorithms.MAML.clone
+import metalearn.algorithms.gbml as gbml
+guard, clone = functional.require_exact_norms, l2l.clone_module
 def counted_guard(model):
     calls["batched"] += 1
     return guard(model)
-def counted_clone(self, *args, **kwargs):
+def counted_clone(*args, **kwargs):
     calls["l2l_clone"] += 1
-    return clone(self, *args, **kwargs)
-functional.require_exact_norms, l2l.algorithms.MAML.clone = counted_guard, counted_clone
+    return clone(*args, **kwargs)
+functional.require_exact_norms, gbml.l2l.clone_module = counted_guard, counted_clone
 atexit.register(lambda: open(os.environ["ENGINE_CALLS"], "w").write(json.dumps(calls)))
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")

@@ -244,8 +244,8 @@ def test_a_stop_while_nan_steps_are_skipped_names_the_iteration_saved(tmp_path, 
 
     real = poisoned.PoisonedMAML.on_iteration
 
-    def on_iteration(self, iteration, total):  # the cluster stops us at iteration 6
-        real(self, iteration, total)
+    def on_iteration(self, iteration):  # the cluster stops us at iteration 6
+        real(self, iteration)
         if iteration == 6:
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -337,8 +337,8 @@ def _signal_at(monkeypatch, signum, when):
 
     real, sent = MAML.on_iteration, []
 
-    def on_iteration(self, iteration, total):
-        real(self, iteration, total)
+    def on_iteration(self, iteration):
+        real(self, iteration)
         if when(iteration) and not sent:
             sent.append(iteration)
             os.kill(os.getpid(), signum)

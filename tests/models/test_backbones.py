@@ -48,7 +48,7 @@ def test_backbone_config_trains_under_the_batched_engine(tmp_path, name):
     results = train(cfg, tmp_path)
     assert results["iterations"] == 2 and 0 <= results["test_acc"] <= 1
     moved = trained_parameters(cfg, tmp_path)
-    assert any(n.startswith(("maml.module.0.", "backbone.")) for n in moved), "backbone untrained"
+    assert any(n.startswith(("model.0.", "backbone.")) for n in moved), "backbone untrained"
 
 
 def trained_parameters(cfg, run_dir):

@@ -158,7 +158,8 @@ def test_frozen_scores_a_saved_checkpoint_and_needs_one(tmp_path):
         run_online(compose_cfg("online=frozen", *TINY, *IID), tmp_path / "a")
     run_online(compose_cfg(*FAST_FTML, *IID), tmp_path / "ftml")
     pt = tmp_path / "meta.pt"
-    checkpoint.save({"model": _weights(tmp_path / "ftml")}, pt)
+    checkpoint.save({"format": checkpoint.FORMAT, "version": checkpoint.VERSION,  # a metalearn .pt
+                     "model": _weights(tmp_path / "ftml")}, pt)
     res = run_online(compose_cfg("online=frozen", *TINY, *IID, f"online.checkpoint={pt}"),
                      tmp_path / "frozen")
     assert _weights(tmp_path / "frozen").keys() == _weights(tmp_path / "ftml").keys()

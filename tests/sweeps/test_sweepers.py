@@ -64,7 +64,7 @@ def _agent_commands(sweep_file):
 def test_wandb_sweep_file_arguments_are_hydra_overrides(sweep_file):
     spec = yaml.safe_load(sweep_file.read_text())
     assert spec["program"] == "train.py" and spec["method"] in ("grid", "bayes")
-    assert spec["metric"] == {"name": "val/acc", "goal": "maximize"}
+    assert spec["metric"] == {"name": "val/best_acc", "goal": "maximize"}
     assert (ROOT / spec["program"]).exists()
     n = 0
     for values, argv in _agent_commands(sweep_file):
