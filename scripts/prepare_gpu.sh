@@ -15,6 +15,13 @@ PIP="${PIP:-.venv/bin/python -m pip}"
 $PIP download -q --no-deps --no-build-isolation --no-binary learn2learn,gym -d .gpu learn2learn==0.2.0 gym==0.26.2
 $PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
     --platform any -d .gpu hydra-core==1.3.2 omegaconf==2.3.0 gym_notices
+# config validation: pydantic and its compiled core for the GPU machine's Python 3.12
+$PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu \
+    "pydantic==$(grep -i '^pydantic==' requirements/constraints.txt | cut -d= -f3)" \
+    "pydantic_core==$(grep -i '^pydantic_core==' requirements/constraints.txt | cut -d= -f3)" \
+    "annotated_types==$(grep -i '^annotated.types==' requirements/constraints.txt | cut -d= -f3)" \
+    "typing_inspection==$(grep -i '^typing.inspection==' requirements/constraints.txt | cut -d= -f3)"
 # antlr4's runtime for Python ships as an sdist only; it is pure Python
 $PIP download -q --no-deps --no-build-isolation --no-binary antlr4-python3-runtime -d .gpu antlr4-python3-runtime==4.9.3
 if [ -d "$DATA/omniglot-py/images_background" ]; then
