@@ -41,7 +41,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
         "collective_timeout_s": (Annotated[float, Gt(0)], "a number of seconds > 0"),
     },
     "task": {"ways": POS_INT, "shots": POS_INT, "query": POS_INT,
-             "train_ways": (Optional[PosInt], "null or an integer >= 1")},
+             "train_ways": (Optional[PosInt], "null or an integer >= 1"),
+             "train_shots": (Optional[PosInt], "null or an integer >= 1")},
     "": {"seed": (int, "an integer"), "resume": (bool | str, "false, true, auto or a run directory"),
          "device": (Annotated[str, "device"], "auto, cpu, cuda or cuda:<index>")},
 }
@@ -73,9 +74,7 @@ def validate(cfg: DictConfig) -> None:
                 ann, expected = schema[key]
                 if not _fits(value, ann):
                     errors.append(f"{prefix}{key}={_show(value)}: expected {expected}")
-    for key, node in cfg.items():
-        if isinstance(node, DictConfig) and "_target_" in node and key != "hydra":
-            errors += _check_target(str(key), node)
+    errors += [e for key, node in cfg.items() if key != "hydra" for e in _targets(str(key), node)]
     if errors:
         raise ConfigError("; ".join(errors))
 
@@ -109,6 +108,15 @@ def _tuples(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_tuples(v) for v in value)
     return value
+
+
+def _targets(path: str, node: Any) -> list[str]:
+    """Errors of every `_target_` node at or under `path` (online.learner, online.stream, ...)."""
+    if not isinstance(node, DictConfig):
+        return []
+    errors = _check_target(path, node) if "_target_" in node else []
+    return errors + [e for key, child in node.items_ex(resolve=False)
+                     for e in _targets(f"{path}.{key}", child)]
 
 
 def _check_target(group: str, node: DictConfig) -> list[str]:

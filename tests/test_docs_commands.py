@@ -211,3 +211,17 @@ def test_documented_script_answers_help(program):
                 "--help"]
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, f"{program} --help failed:\n{proc.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("group, row", [("algorithm", "`algorithm=`"), ("scheduler", "`scheduler=`"),
+                                        ("experiment", "`experiment=`")])
+def test_the_readme_option_table_names_every_shipped_choice(group, row):
+    """A new algorithm, schedule or preset YAML shows up in README's table, or this fails."""
+    line = next(l for l in (ROOT / "README.md").read_text().splitlines() if l.startswith(f"| {row}"))
+    # expand `name_{a,b}_suffix` brace lists before looking names up
+    names = set(re.findall(r"`([\w{},]+)`", line))
+    listed = {"".join(p) for n in names
+              for p in itertools.product(*[part.split(",") if i % 2 else [part]
+                                           for i, part in enumerate(re.split(r"[{}]", n))])}
+    shipped = {p.stem for p in (ROOT / "metalearn" / "configs" / group).glob("*.yaml")}
+    assert shipped <= listed, f"README's {row} row misses {sorted(shipped - listed)}"

@@ -58,10 +58,12 @@ def samplers(cfg: DictConfig, data: FewShotDataset, device: torch.device,
              query: int | None = None, rank: int = 0) -> dict[str, EpisodeSampler]:
     t = cfg.task
     where = device if cfg.trainer.data_on_device else torch.device("cpu")
-    # Snell et al. 2017 train ProtoNets with more ways than they test with.
-    train_ways = t.get("train_ways") or t.ways
-    out = {name: EpisodeSampler(split, ways or (train_ways if name == "train" else t.ways),
-                                shots or t.shots, query or t.query,
+    # Snell et al. 2017 train ProtoNets with more ways than they test with; Nichol et al. 2018
+    # train Reptile on 10-shot tasks and test on 1-shot ones.
+    train = {"ways": t.get("train_ways") or t.ways, "shots": t.get("train_shots") or t.shots}
+    out = {name: EpisodeSampler(split, ways or (train["ways"] if name == "train" else t.ways),
+                                shots or (train["shots"] if name == "train" else t.shots),
+                                query or t.query,
                                 data.mean, data.std, seed=cfg.seed + i, device=where)
            for i, (name, split) in enumerate(data.splits().items())}
     # each rank draws its own training tasks; rank 0 keeps the single-process stream

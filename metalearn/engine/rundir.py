@@ -25,8 +25,11 @@ from metalearn.errors import ConfigError, TrainingError
 log = logging.getLogger(__name__)
 
 LOCK = "run.lock"
-# What a metalearn run writes (eval-*.json: scripts/evaluate.py); a finished run has results.json.
-RUN_FILES = ("results.json", *RESUMABLE, "metrics.jsonl", "config.yaml")
+# What a metalearn run writes (eval-*.json: scripts/evaluate.py; online.*: an online stream);
+# a finished run has results.json.
+ONLINE_STATE = ("online.pt", "online.prev.pt")
+RUN_FILES = ("results.json", *RESUMABLE, *ONLINE_STATE, "metrics.jsonl", "config.yaml",
+             "stream.json", "online_curve.png")
 RUN_GLOBS = ("eval-*.json",)
 RUN_DIRS = ("wandb",)
 
@@ -100,7 +103,8 @@ def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
         return
     if not overwrite:
         what = ("a finished run (results.json)" if (run_dir / "results.json").exists() else
-                "a resumable run" if any((run_dir / n).exists() for n in RESUMABLE) else
+                "a resumable run" if any((run_dir / n).exists()
+                                         for n in (*RESUMABLE, *ONLINE_STATE)) else
                 "files of an earlier run")
         raise ConfigError(f"{run_dir} holds {what}: continue it with resume=true (or resume="
                           f"auto), start it over with overwrite=true (deletes "

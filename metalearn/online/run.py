@@ -18,8 +18,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from metalearn.config_check import validate
 from metalearn.data.episodes import Preprocess
-from metalearn.engine import checkpoint
+from metalearn.engine import checkpoint, rundir
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, seed_everything
 from metalearn.errors import ConfigError, MetalearnError
@@ -28,7 +29,7 @@ from metalearn.online.stream import TaskStream
 from metalearn.tracking import RunLogger
 
 log = logging.getLogger(__name__)
-STATE, PREV = "online.pt", "online.prev.pt"
+STATE, PREV = rundir.ONLINE_STATE
 # A resumed run may change where and how it runs, not what it learns.
 FREE_KEYS = ("resume", "device", "paths.", "logger.")
 
@@ -60,8 +61,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def _resume(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, Path, dict | None]:
     mode = cfg.get("resume") or False
-    if isinstance(mode, str) and mode != "auto":
-        out_dir = Path(mode)
     state = _find_state(out_dir) if mode else None
     if state is None:
         if mode not in (False, "auto"):
@@ -108,7 +107,19 @@ def _init_from(algo: torch.nn.Module, where: str) -> None:
 
 
 def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    cfg, out_dir, state = _resume(cfg, Path(out_dir))
+    validate(cfg)  # every value checked before any work, as for training
+    mode = cfg.get("resume") or False
+    if isinstance(mode, str) and mode != "auto":
+        out_dir = Path(mode)
+        if not out_dir.is_dir():
+            raise ConfigError(f"resume={mode}: no such directory; pass an online run's directory")
+    # one writer per directory; a finished stream is never written over unless asked
+    with rundir.claim(Path(out_dir)):
+        rundir.prepare(Path(out_dir), resume=bool(mode), overwrite=bool(cfg.get("overwrite")))
+        return _run(*_resume(cfg, Path(out_dir)))
+
+
+def _run(cfg: DictConfig, out_dir: Path, state: dict | None) -> dict[str, Any]:
     oc, t = cfg.online, cfg.task
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -21,7 +21,7 @@ PAPER = {  # (dataset, algorithm target, ways, shots, a few values from the pape
     "protonet_miniimagenet_5w1s": ("miniimagenet", "ProtoNet", 5, 1, {"task.train_ways": 30, "backbone.hidden": 64}),
     "protonet_miniimagenet_5w5s": ("miniimagenet", "ProtoNet", 5, 5, {"task.train_ways": 20}),
     "snail_omniglot_5w1s": ("omniglot", "SNAIL", 5, 1, {"algo.tc_filters": 128, "backbone.max_pool": True}),
-    "reptile_omniglot_5w1s": ("omniglot", "Reptile", 5, 1, {"algo.inner_lr": 0.001, "algo.adaptation_steps": 5, "algo.test_adaptation_steps": 50, "algo.inner_optimizer": "adam", "trainer.meta_batch_size": 5, "trainer.iterations": 100000, "optimizer.lr": 1.0, "optimizer.momentum": 0.0}),
+    "reptile_omniglot_5w1s": ("omniglot", "Reptile", 5, 1, {"algo.inner_lr": 0.001, "algo.adaptation_steps": 5, "algo.test_adaptation_steps": 50, "algo.inner_optimizer": "adam", "task.train_shots": 10, "trainer.meta_batch_size": 5, "trainer.iterations": 100000, "optimizer.lr": 1.0, "optimizer.momentum": 0.0}),
     "mamlpp_miniimagenet_5w1s": ("miniimagenet", "MAML", 5, 1, {"algo.lslr": True, "algo.per_step_bn": True, "algo.multi_step_loss": True, "scheduler.eta_min": 0.00001, "backbone.hidden": 48}),
 }
 
@@ -53,8 +53,11 @@ def test_preset_composes_with_the_paper_values_and_builds(name):
     lr_scheduler(cfg, opt)
     if dataset == "omniglot" and has_omniglot():
         data, _ = build(cfg, torch.device("cpu"))
-        batch = samplers(cfg, data, torch.device("cpu"))["train"].sample(1)
-        assert batch.support_x.shape[1] == (cfg.task.get("train_ways") or ways) * shots
+        split = samplers(cfg, data, torch.device("cpu"))
+        batch = split["train"].sample(1)
+        assert batch.support_x.shape[1] == \
+            (cfg.task.get("train_ways") or ways) * (cfg.task.get("train_shots") or shots)
+        assert split["val"].sample(1).support_x.shape[1] == ways * shots  # tested as the paper
 
 
 def test_maml_cannot_train_with_other_ways_than_its_head():

@@ -78,7 +78,8 @@ def base_cfg():
     return cfg
 
 
-@pytest.mark.parametrize("group", ["algorithm", "backbone", "dataset", "optimizer", "experiment"])
+@pytest.mark.parametrize("group", ["algorithm", "backbone", "dataset", "optimizer", "experiment",
+                                   "scheduler", "logger", "online", "debug"])
 def test_every_shipped_config_passes_validation(group):
     names = sorted(p.stem for p in (ROOT / "metalearn" / "configs" / group).glob("*.yaml"))
     assert names

@@ -11,7 +11,7 @@ import torch
 
 from metalearn.data.episodes import Preprocess
 from metalearn.engine import checkpoint
-from metalearn.errors import ConfigError
+from metalearn.errors import ConfigError, TrainingError
 from metalearn.online.buffer import TaskBuffer
 from metalearn.online.learners import FTML
 from metalearn.online.run import run_online
@@ -142,7 +142,8 @@ def test_ftml_beats_training_from_scratch_on_a_synthetic_stream(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("online.buffer.size=0", "buffer must hold at least 1 task"),
+    ("online.buffer.size=0", "online.buffer.size=0: expected a number > 0"),
+    ("+online.learner.steps_per_roud=2", "did you mean online.learner.steps_per_round"),
     ("task.ways=17", "only 0 domains of the train split have task.ways=17 classes or more"),
     ("online.stream.domains=5", "online.stream.domains=5 but only 4 domains"),
     ("online.buffer.sampling=lifo", "choose one of uniform, recent"),
@@ -151,6 +152,23 @@ def test_impossible_settings_fail_with_one_clear_line(tmp_path, override, messag
     cfg = compose_cfg(*FAST_FTML, "online.stream.split=train", override)
     with pytest.raises(ConfigError, match=message):
         run_online(cfg, tmp_path)
+
+
+def test_a_finished_stream_is_never_written_over_and_a_busy_directory_is_refused(tmp_path):
+    run = tmp_path / "run"
+    first = run_online(compose_cfg(*FAST_FTML, *IID), run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match="holds a finished run .* overwrite=true"):
+        run_online(compose_cfg(*FAST_FTML, *IID), run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    (run / "run.lock").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
+    with pytest.raises(TrainingError, match="is in use by PID"):
+        run_online(compose_cfg(*FAST_FTML, *IID, "overwrite=true"), run)
+    (run / "run.lock").unlink()
+    again = run_online(compose_cfg(*FAST_FTML, *IID, "overwrite=true"), run)
+    assert {k: v for k, v in again.items() if k != "wall_time_s"} == \
+        {k: v for k, v in first.items() if k != "wall_time_s"}
+    assert len(_rows(run)) == len(_rows(tmp_path / "run")) == 4 + 1  # 4 rounds + the summary row
 
 
 def test_frozen_scores_a_saved_checkpoint_and_needs_one(tmp_path):
