@@ -3,6 +3,7 @@ import io
 import logging
 import subprocess
 import sys
+from contextlib import contextmanager
 
 from metalearn.engine.progress import MAX_LINES, Progress, line_every, log
 from tests.conftest import ROOT, compose_cfg
@@ -11,13 +12,17 @@ from tests.conftest import ROOT, compose_cfg
 HYDRA_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
+@contextmanager
 def _captured_log():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter(HYDRA_FORMAT))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    return stream, handler
+    try:
+        yield stream
+    finally:
+        log.removeHandler(handler)
 
 
 def _run(cfg, terminal, eval_every):
@@ -33,11 +38,8 @@ def test_a_60k_iteration_run_logs_under_1_mb_off_a_terminal(capfd):
     """The loop's own reporting, driven for 60,000 iterations with the densest settings a preset
     could pick (a metrics line every iteration, validation every 250): every byte it writes."""
     cfg = compose_cfg("dataset=synthetic", "trainer.iterations=60000", "trainer.log_every=1")
-    stream, handler = _captured_log()
-    try:
+    with _captured_log() as stream:
         _run(cfg, terminal=False, eval_every=250)
-    finally:
-        log.removeHandler(handler)
     out, err = capfd.readouterr()
     logged = stream.getvalue()
     total = len((logged + out + err).encode())
@@ -55,11 +57,8 @@ def test_a_60k_iteration_run_logs_under_1_mb_off_a_terminal(capfd):
 
 def test_on_a_terminal_the_bar_shows_and_log_lines_print_above_it(capfd):
     cfg = compose_cfg("dataset=synthetic", "trainer.iterations=5", "trainer.log_every=1")
-    stream, handler = _captured_log()
-    try:
+    with _captured_log() as stream:
         _run(cfg, terminal=True, eval_every=5)
-    finally:
-        log.removeHandler(handler)
     assert "meta-train: 100%" in capfd.readouterr().err
     assert "iteration 5/5 loss 1.234" in stream.getvalue()
 

@@ -210,11 +210,11 @@ class FollowTheLeader(_FineTuner):
             x, y = self.ctx.labelled(buffer.sample(self.tasks_per_batch, generator))
             self.opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.net(x), y)
-            if not math.isfinite(float(loss)):
-                raise TrainingError(f"the supervised loss became {float(loss)}: lower optimizer.lr")
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise TrainingError(f"the supervised loss became {losses[-1]}: lower optimizer.lr")
             loss.backward()
             self.opt.step()
-            losses.append(loss.item())
         return {"online/train_loss": sum(losses) / len(losses)} if losses else {}
 
     def state_dict(self) -> dict[str, Any]:
