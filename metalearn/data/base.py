@@ -7,6 +7,8 @@ at ~1.3 GB instead of 5 GB of float32.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -98,3 +100,12 @@ class FewShotDataset:
     @property
     def channels(self) -> int:
         return self.train.image_shape[0]
+
+
+def download(fetch: Callable[[], object], what: str, where: Path, fix: str) -> None:
+    """Run a torchvision download; a failure is one DataError saying where to put the files."""
+    try:
+        fetch()
+    except Exception as e:  # network errors come in many types
+        raise DataError(f"{what} not found under {where} and the download failed "
+                        f"({type(e).__name__}: {e}). {fix}") from None

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from metalearn.data import stats
-from metalearn.data.base import SPLITS, FewShotDataset, ImageSplit
+from metalearn.data.base import SPLITS, FewShotDataset, ImageSplit, download
 from metalearn.data.cache import cached_splits, fingerprint
 from metalearn.data.readers import (DATA_DIR_HINT, check_disjoint, class_folders, grouped_split,
                                     load_pickle, read_class_folders, resize_uint8, str_keys,
@@ -133,13 +133,8 @@ def _python_dir(root: Path) -> Path | None:
 def _download(root: Path, dataset: str, layouts: str) -> None:
     from torchvision.datasets import CIFAR100
 
-    try:
-        CIFAR100(str(root), train=True, download=True)
-    except Exception as e:  # network errors come in many types
-        raise DataError(
-            f"{dataset}: CIFAR-100 not found under {root} and the download failed "
-            f"({type(e).__name__}: {e}). Put {CIFAR_SOURCE} there so that {layouts} exists; "
-            f"{DATA_DIR_HINT}") from None
+    download(lambda: CIFAR100(str(root), train=True, download=True), f"{dataset}: CIFAR-100",
+             root, f"Put {CIFAR_SOURCE} there so that {layouts} exists; {DATA_DIR_HINT}")
 
 
 def _from_python(root: Path, image_size: int, download: bool, dataset: str,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metalearn.data.base import FewShotDataset, ImageSplit
+from metalearn.data.base import FewShotDataset, ImageSplit, download
 from metalearn.data.cache import cached_splits, fingerprint
 from metalearn.errors import DataError
 
@@ -33,14 +33,10 @@ LAYOUT = "<data_dir>/omniglot-py/images_{background,evaluation}/<Alphabet>/<char
 def _download(data_dir: Path) -> None:
     from torchvision.datasets import Omniglot
 
-    try:
-        for background in (True, False):
-            Omniglot(str(data_dir), background=background, download=True)
-    except Exception as e:  # network errors come in many types
-        raise DataError(
-            f"Omniglot not found under {data_dir} and the download failed ({type(e).__name__}: "
-            f"{e}). Put the extracted folders at {LAYOUT} and point paths.data_dir (or the "
-            f"METALEARN_DATA_DIR environment variable) at <data_dir>") from None
+    download(lambda: [Omniglot(str(data_dir), background=b, download=True) for b in (True, False)],
+             "Omniglot", data_dir,
+             f"Put the extracted folders at {LAYOUT} and point paths.data_dir (or the "
+             f"METALEARN_DATA_DIR environment variable) at <data_dir>")
 
 
 def _characters(base: Path) -> list[Path]:
