@@ -1,5 +1,6 @@
 """Training output that fits a cluster log: no bar off a terminal, bounded lines, a train.log."""
 import io
+import os
 import logging
 import subprocess
 import sys
@@ -81,3 +82,20 @@ def test_train_log_holds_setting_training_validation_and_result(tmp_path):
                      "iteration 2/2 validation: acc", "test accuracy"]:
         assert expected in text
     assert "\r" not in proc.stderr and "meta-train" not in proc.stderr
+
+
+def test_resume_from_another_directory_continues_that_runs_train_log(tmp_path):
+    """resume=<run dir> runs in that directory: its train.log gets the rest, no stray run dir."""
+    args = [sys.executable, str(ROOT / "train.py"), "debug=fast", "dataset=synthetic",
+            "dataset.image_size=12", "backbone.hidden=8"]
+    env = {**os.environ, "METALEARN_OUTPUT_DIR": str(tmp_path / "outputs")}
+    run = tmp_path / "run"
+    first = subprocess.run([*args, "trainer.iterations=2", f"hydra.run.dir={run}"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run([*args[:2], f"resume={run}", "trainer.iterations=4"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    text = (run / "train.log").read_text()
+    assert "iteration 2/2 loss" in text and "iteration 4/4 loss" in text  # both parts, one log
+    assert not (tmp_path / "outputs").exists()
