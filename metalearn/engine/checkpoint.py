@@ -193,10 +193,13 @@ def resume_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str] |
     if use_saved:
         keys = [k for k in _override_keys(overrides or []) if not k.startswith(("hydra.", "hydra/"))]
         unsafe = [k for k in keys if not _is_safe(k)]
-        if unsafe:
+        # the run's own command line again (every value as saved) is the same run: accepted
+        if unsafe and any(not _is_safe(k) for k in _differences(
+                OmegaConf.to_container(saved), OmegaConf.to_container(cfg))):
             raise ConfigError(f"resume=<run dir> continues that run with its own config; "
                               f"{', '.join(unsafe)} cannot change in a resumed run (only "
                               f"{', '.join(SAFE_KEYS)}): drop the override or start a new run")
+        keys = [k for k in keys if _is_safe(k)]
         with open_dict(saved):
             for key in ["resume", *keys]:
                 OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False,
