@@ -23,6 +23,7 @@ from metalearn.data.episodes import Preprocess
 from metalearn.engine import checkpoint, rundir
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, seed_everything
+from metalearn.engine.progress import line_every
 from metalearn.errors import ConfigError, MetalearnError
 from metalearn.online.learners import Context, OnlineLearner
 from metalearn.online.stream import TaskStream
@@ -203,6 +204,24 @@ def _run(cfg: DictConfig, out_dir: Path, state: dict | None) -> dict[str, Any]:
         episodes = prep(probes.episodes(split, idx, t.shots, t.query))
         return float(learner.score(episodes).acc.mean())
 
+    # a line every few rounds and at each domain's end (bounded like training's), for train.log
+    every, n = line_every(len(stream), 1), len(stream)
+    log.info("online: %s on %d rounds (%s), %d-way %d-shot; writing to %s",
+             type(learner).__name__, n, ", ".join(stream.domain_names[:4]) +
+             (", ..." if len(stream.domain_names) > 4 else ""), t.ways, t.shots, out_dir)
+
+    def report(r: int, d: int, ends_domain: bool, row: dict[str, Any]) -> None:
+        pace = (r + 1 - first) / max(time.time() - start, 1e-9)
+        log.info("round %d/%d acc %.3f mean %.3f | %.1f rounds/min, %s left", r + 1, n,
+                 row["online/acc"], row["online/acc_mean"], 60 * pace,
+                 time.strftime("%H:%M:%S", time.gmtime((n - r - 1) / pace)))
+        if ends_domain:
+            in_d = [a for a, dd in zip(hist["acc"], stream.domain.tolist()) if dd == d]
+            probe = row.get(f"forgetting/acc_after_domain_{d}")
+            log.info("domain %s done: acc %.3f over its %d rounds%s", stream.domain_names[d],
+                     sum(in_d) / len(in_d), len(in_d),
+                     "" if probe is None else f"; fresh tasks of it {probe:.3f}")
+
     exit_code = 1
     try:
         for r in range(first, len(stream)):
@@ -228,6 +247,8 @@ def _run(cfg: DictConfig, out_dir: Path, state: dict | None) -> dict[str, Any]:
                 hist["probe_after"][str(d)] = probe_acc(d)
                 row[f"forgetting/acc_after_domain_{d}"] = hist["probe_after"][str(d)]
             logger.log(r + 1, row)
+            if (r + 1) % every == 0 or ends_domain:
+                report(r, d, ends_domain, row)
             if (r + 1) % oc.checkpoint_every == 0 or r + 1 == len(stream):
                 save(r + 1)
         results = summarise(hist, stream, eff, probes, probe_acc, learner)

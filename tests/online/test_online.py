@@ -184,3 +184,15 @@ def test_frozen_scores_a_saved_checkpoint_and_needs_one(tmp_path):
     assert all(torch.equal(_weights(tmp_path / "frozen")[k], v)
                for k, v in _weights(tmp_path / "ftml").items())  # never updated
     assert res["rounds"] == 4
+
+
+def test_train_log_follows_the_stream(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST_FTML,
+                           "online.stream.split=train", "online.stream.tasks_per_domain=2",
+                           f"hydra.run.dir={tmp_path}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (tmp_path / "train.log").read_text()
+    for line in ["online: FTML on 8 rounds", "round 2/8 acc", "round 8/8 acc", "done: acc",
+                 "online accuracy"]:
+        assert line in log, line
