@@ -49,13 +49,15 @@ def curve(path: Path, accs: list[float], stream, title: str = "") -> None:
 def compare(run_dirs: list[Path], out: Path, window: int = 10) -> None:
     """10-round mean accuracy of several runs on the same stream (grey lines: domain changes)."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
+    # a run still going (or stopped) is drawn as far as it got, named by its directory
+    names = [json.loads((d / "results.json").read_text())["learner"]
+             if (d / "results.json").exists() else d.name for d in run_dirs]
     for i, d in enumerate(run_dirs):
         rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
         rows = [r for r in rows if "online/acc" in r]
         if i == 0:
             _boundaries(ax, [r["online/domain"] for r in rows])
-        done = d / "results.json"  # a run still going (or stopped) is drawn as far as it got
-        label = json.loads(done.read_text())["learner"] if done.exists() else d.name
+        label = names[i] if names.count(names[i]) == 1 else f"{names[i]} ({d.name})"
         ax.plot([r["step"] for r in rows], _smooth([r["online/acc"] for r in rows], window),
                 lw=1.5, label=label)
     ax.set(xlabel="round (task)", ylabel=f"accuracy before learning ({window}-round mean)",
