@@ -135,10 +135,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
     # 1. resolve resume: resume=<run dir> continues that run, in its directory
     mode = cfg.get("resume") or False
     own_dir = isinstance(mode, str) and mode != "auto"
-    if own_dir:
-        out_dir = Path(mode)
-        if not out_dir.is_dir():
-            raise ConfigError(f"resume={mode}: no such directory; pass a run's output directory")
+    out_dir = rundir.resolve(mode, out_dir)
     # 2. prepare the directory: one writer; an earlier run there is resumed, overwritten or kept
     with rundir.claim(out_dir) if world.is_main else contextlib.nullcontext():
         if world.is_main:

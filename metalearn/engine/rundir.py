@@ -34,6 +34,15 @@ RUN_GLOBS = ("eval-*.json",)
 RUN_DIRS = ("wandb",)
 
 
+def resolve(resume: object, run_dir: Path) -> Path:
+    """The directory a run writes to: the one `resume=<run dir>` names, else `run_dir`."""
+    if not isinstance(resume, str) or resume in ("", "auto"):
+        return Path(run_dir)
+    if not Path(resume).is_dir():
+        raise ConfigError(f"resume={resume}: no such directory; pass a run's output directory")
+    return Path(resume)
+
+
 @contextmanager
 def claim(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -60,19 +60,19 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): d}
 
 
-def _resume(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, Path, dict | None]:
+def _resume(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, dict | None]:
     mode = cfg.get("resume") or False
     state = _find_state(out_dir) if mode else None
     if state is None:
         if mode not in (False, "auto"):
             raise ConfigError(f"resume={mode} but {out_dir} holds no {STATE}: pass the online "
                               f"run's directory (resume=<dir>), or drop resume")
-        return cfg, out_dir, None
+        return cfg, None
     saved = OmegaConf.create(state["config"])
     if isinstance(mode, str) and mode != "auto":
         with open_dict(saved):
             saved.resume, saved.device = cfg.resume, cfg.device
-        return saved, out_dir, state
+        return saved, state
     a, b = _flat(state["config"]), _flat(OmegaConf.to_container(cfg, resolve=True))
     diff = [k for k in sorted(a.keys() | b.keys())
             if a.get(k) != b.get(k) and not k.startswith(FREE_KEYS)]
@@ -80,7 +80,7 @@ def _resume(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, Path, dict | No
         raise ConfigError(f"resume: the config differs from the online checkpoint's at "
                           f"{', '.join(diff)}: resume with the original overrides, or "
                           f"resume=<run dir> to reuse its config")
-    return cfg, out_dir, state
+    return cfg, state
 
 
 def _make(node: DictConfig) -> Any:
@@ -110,17 +110,14 @@ def _init_from(algo: torch.nn.Module, where: str) -> None:
 def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     validate(cfg)  # every value checked before any work, as for training
     mode = cfg.get("resume") or False
-    if isinstance(mode, str) and mode != "auto":
-        out_dir = Path(mode)
-        if not out_dir.is_dir():
-            raise ConfigError(f"resume={mode}: no such directory; pass an online run's directory")
+    out_dir = rundir.resolve(mode, out_dir)
     # one writer per directory; a finished stream is never written over unless asked
-    with rundir.claim(Path(out_dir)):
-        rundir.prepare(Path(out_dir), resume=bool(mode), overwrite=bool(cfg.get("overwrite")))
-        return _run(*_resume(cfg, Path(out_dir)))
+    with rundir.claim(out_dir):
+        rundir.prepare(out_dir, resume=bool(mode), overwrite=bool(cfg.get("overwrite")))
+        return _run(*_resume(cfg, out_dir), out_dir)
 
 
-def _run(cfg: DictConfig, out_dir: Path, state: dict | None) -> dict[str, Any]:
+def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
     oc, t = cfg.online, cfg.task
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
