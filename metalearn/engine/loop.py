@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -95,6 +96,25 @@ def meta_step(algo: MetaLearner, batch: Episodes, chunk_size: int | None = None,
         losses.append(m.loss.detach().float())
         accs.append(m.acc.detach())
     return torch.cat(losses), torch.cat(accs)
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """What a measured number needs beside it: this process's CPU time (a resumed run's
+    earlier processes not included), threads, processor, torch and the code's commit."""
+    import platform
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"cpu_time_s": time.process_time(), "threads": torch.get_num_threads(),
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "processor": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
+            "torch": torch.__version__, "commit": commit or None}
 
 
 def lr_scheduler(cfg: DictConfig, opt: torch.optim.Optimizer, done: int = 0):
@@ -291,7 +311,8 @@ def _test(cfg: DictConfig, state: checkpoint.TrainingState, data: FewShotDataset
                "best_val_acc": state.best_val_acc, "best_iteration": state.best_iteration,
                "iterations": tc.iterations, "skipped_steps": state.skipped_steps,
                "world_size": world.size, "train_time_s": train_time,
-               "wall_time_s": time.time() - state.started, "device": str(device)}
+               "wall_time_s": time.time() - state.started, "device": str(device),
+               **provenance(device)}
     cross = evaluate_domains(algo, cfg, cross_domains(cfg), data, device, world, prep)
     results.update(cross)  # flat test/<domain>/acc keys (eval.datasets)
     logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], **cross})
