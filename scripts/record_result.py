@@ -1,0 +1,73 @@
+"""Keep a measured run as a record in results/: what was run, on what, and what it scored.
+
+    python scripts/record_result.py <run dir> --name reptile_omniglot_5w1s \
+        --target 90 --paper 97.68 --paper-source "Nichol et al. 2018, transductive" \
+        [--note "..."]
+
+The record holds the run's overrides (so the command that reproduces it), its resolved
+config, results.json (test mean ± CI, episodes, wall and CPU time, threads, processor,
+commit), the validation curve from metrics.jsonl, and the paper's number and the target.
+docs/results.md is rendered from these records (scripts/render_results.py), never typed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+
+
+def build_record(run_dir: Path, name: str, target: float | None, paper: float | None,
+                 paper_source: str | None, note: str | None) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    # where the run was written says nothing about the result: leave it out of the command
+    overrides = [o for o in overrides if not o.startswith(("hydra.run.dir=", "resume="))]
+    curve = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "val/acc" in row:
+            curve.append([row["step"], row["val/acc"]])
+    return {
+        "name": name,
+        "command": "python train.py " + " ".join(overrides),
+        "overrides": overrides,
+        "target": target,
+        "paper": {"acc": paper, "source": paper_source} if paper is not None else None,
+        "note": note,
+        "recorded": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "results": results,
+        "val_curve": curve,
+        "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--name", required=True, help="the record's file name in results/")
+    p.add_argument("--target", type=float, help="the accuracy (%%) the run is meant to reach")
+    p.add_argument("--paper", type=float, help="the paper's accuracy (%%)")
+    p.add_argument("--paper-source", help="who reported it, and in which setting")
+    p.add_argument("--note", help="what differs from the preset or the paper, and why")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    if not (a.run_dir / "results.json").is_file():
+        print(f"error: {a.run_dir} has no results.json: record a finished run", file=sys.stderr)
+        return 2
+    record = build_record(a.run_dir, a.name, a.target, a.paper, a.paper_source, a.note)
+    a.out.mkdir(parents=True, exist_ok=True)
+    path = a.out / f"{a.name}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"{path}: {100 * record['results']['test_acc']:.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""docs/results.md shows what the run records in results/ say, and nothing typed over them."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import render_results  # noqa: E402
+
+
+def test_docs_results_is_rendered_from_the_records():
+    records = render_results.load()
+    doc = render_results.DOC.read_text()
+    assert render_results.render(records) in doc, \
+        "docs/results.md is stale: run python scripts/render_results.py"
+    for r in records:  # every record carries what a reader needs to trust and rerun it
+        res = r["results"]
+        assert r["command"].startswith("python train.py ")
+        for key in ("test_acc", "test_acc_ci95", "test_episodes", "wall_time_s", "cpu_time_s",
+                    "threads", "processor", "commit", "iterations"):
+            assert res.get(key) is not None, (r["name"], key)
+    if any(r["val_curve"] for r in records):
+        assert render_results.FIGURE.is_file()
+
+
+def test_the_check_fails_when_a_number_is_retyped(tmp_path, monkeypatch):
+    records = tmp_path / "results"
+    records.mkdir()
+    record = {"name": "x", "command": "python train.py a=1", "overrides": ["a=1"], "target": 90,
+              "paper": {"acc": 97.7, "source": "someone"}, "note": None, "recorded": "2026-12-03",
+              "results": {"test_acc": 0.9123, "test_acc_ci95": 0.005, "test_episodes": 600,
+                          "iterations": 10, "wall_time_s": 60, "cpu_time_s": 50, "threads": 1,
+                          "cpus": 2, "processor": "cpu", "commit": "abc"},
+              "val_curve": [[5, 0.8], [10, 0.9]], "config": {}}
+    (records / "x.json").write_text(json.dumps(record))
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nprose\n")
+    monkeypatch.setattr(render_results, "RESULTS", records)
+    monkeypatch.setattr(render_results, "DOC", doc)
+    monkeypatch.setattr(render_results, "FIGURE", tmp_path / "img" / "c.png")
+    monkeypatch.setattr(render_results, "ROOT", tmp_path)
+    assert render_results.main([]) == 0
+    assert "**91.23 ± 0.50%**" in doc.read_text() and "**met**" in doc.read_text()
+    assert (tmp_path / "img" / "c.png").is_file()
+    assert render_results.main(["--check"]) == 0
+    doc.write_text(doc.read_text().replace("91.23", "97.00"))
+    assert render_results.main(["--check"]) == 1
