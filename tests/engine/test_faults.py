@@ -26,7 +26,7 @@ from metalearn.errors import ConfigError, DiskError, TrainingError
 from tests.conftest import FAST, ROOT, compose_cfg
 from tests.engine.test_runs import TINY, env, wait_for_checkpoint
 
-TIMING = ("train_time_s", "wall_time_s")
+TIMING = ("train_time_s", "wall_time_s", "cpu_time_s")
 
 
 @pytest.mark.parametrize("overrides, line", [

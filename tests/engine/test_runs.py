@@ -23,7 +23,7 @@ TINY = ["dataset=synthetic", "dataset.image_size=16", "logger=none", "device=cpu
         "trainer.eval_batch_size=3", "task.query=2", "trainer.log_every=1"]
 # long enough to be interrupted mid-way (~3 s of iterations), short enough for a test
 LONG = [*TINY, "trainer.iterations=150", "trainer.eval_every=20", "trainer.checkpoint_every=7"]
-TIMING = ("train_time_s", "wall_time_s")
+TIMING = ("train_time_s", "wall_time_s", "cpu_time_s")
 
 
 def env():
