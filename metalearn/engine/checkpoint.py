@@ -26,6 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from metalearn import safety
 from metalearn.engine.distributed import World
 from metalearn.engine.io import disk_errors
 from metalearn.errors import ConfigError, TrainingError
@@ -185,11 +186,15 @@ def latest(run_dir: Path, verbose: bool = True) -> tuple[dict[str, Any], Path] |
 
 
 def resume_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str] | None,
-                  use_saved: bool) -> DictConfig:
+                  use_saved: bool, source: str | Path = "the checkpoint") -> DictConfig:
     """The config to continue with. `resume=<dir>` (`use_saved`): the checkpoint's own, with
     the command line's `overrides` of SAFE_KEYS applied and any other override refused.
-    `resume=true/auto`: the given config, which must match the checkpoint's outside SAFE_KEYS."""
-    saved = OmegaConf.create(state["config"])
+    `resume=true/auto`: the given config, which must match the checkpoint's outside SAFE_KEYS.
+    `source`: the checkpoint's path, for messages."""
+    if use_saved:  # the run is then built from the checkpoint's config: shipped targets only
+        saved = safety.checked(state.get("config"), source)
+    else:  # only compared with the given config, never built from
+        saved = OmegaConf.create(state["config"])
     if use_saved:
         keys = [k for k in _override_keys(overrides or []) if not k.startswith(("hydra.", "hydra/"))]
         unsafe = [k for k in keys if not _is_safe(k)]
