@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "metalearn-checkpoint", 2
 RESUMABLE = ("last.pt", "last.prev.pt", "best.pt")
+# What TrainingState.state_dict() writes and a resume reads.
+TRAINING_KEYS = ("model", "optimizer", "iteration", "best_val_acc", "best_iteration",
+                 "skipped_steps", "train_time_s", "wandb_run_id", "metrics_bytes", "config", "rng")
 # Keys a resumed run may change: where/how it runs, how long, how often it reports; not what it
 # learns. `trainer.iterations` is safe because the lr schedule is rebuilt for the new length.
 SAFE_KEYS = ("resume", "overwrite", "device", "trainer.iterations", "trainer.eval_every",
@@ -168,7 +171,14 @@ def latest(run_dir: Path, verbose: bool = True) -> tuple[dict[str, Any], Path] |
         path = run_dir / name
         if path.exists():
             try:
-                found.append((load(path), path))
+                state = load(path)
+                missing = [k for k in TRAINING_KEYS if k not in state]
+                if missing:  # the right header is not enough: resume reads all of these
+                    raise ForeignCheckpoint(
+                        f"{path} is a metalearn checkpoint without {', '.join(missing)}: not a "
+                        f"training run's (an online run's, or edited); move it out of the run "
+                        f"directory or start a new run")
+                found.append((state, path))
             except ForeignCheckpoint:
                 raise
             except TrainingError as e:
