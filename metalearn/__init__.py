@@ -9,8 +9,13 @@ from omegaconf import OmegaConf  # noqa: E402
 
 def _run_dir(resume: object, new: str) -> str:
     """hydra.run.dir: the run being continued by resume=<run dir> (its train.log grows), else a
-    new one."""
-    return resume if isinstance(resume, str) and resume not in ("", "auto") else new
+    new one. A file (`resume=last.pt`) is not a directory Hydra could create: the new one, and
+    the run then refuses it in one line (engine/rundir.py)."""
+    import os.path
+
+    if isinstance(resume, str) and resume not in ("", "auto") and not os.path.isfile(resume):
+        return resume
+    return new
 
 
 if not OmegaConf.has_resolver("metalearn.run_dir"):

@@ -19,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
+from metalearn import safety
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.engine import checkpoint
@@ -38,7 +39,7 @@ def load_run(run_dir: Path, which: str, device: str | None = None
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}/config.yaml not found: run_dir must be a training run's "
                           f"output directory")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = safety.load_config(run_dir / "config.yaml")  # someone else's file: builds no code
     where = resolve_device(device or cfg.device)
     seed_everything(cfg.seed)
     data, algo = build(cfg, where)  # with the training ways: the checkpoint's shapes

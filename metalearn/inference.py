@@ -25,10 +25,10 @@ from typing import Any, Hashable, Sequence, Union
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.transforms.functional import to_pil_image
 
+from metalearn import safety
 from metalearn.algorithms.base import Classifier, MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.readers import IMAGE_EXTENSIONS
@@ -143,7 +143,8 @@ def load(path: str | Path, device: torch.device | str = "cpu",
     if path.is_dir():
         path = path / name
     state = checkpoint.load(path, "cpu")
-    cfg = OmegaConf.create(state["config"])
+    # the checkpoint may come from anyone: nothing but shipped (or allowed) targets is built
+    cfg = safety.checked(state.get("config"), path)
     prep = state.get("preprocessing")
     if prep is None:  # a checkpoint from before preprocessing was saved: rebuild it from its data
         prep = preprocessing(instantiate(cfg.dataset))

@@ -16,7 +16,9 @@ from typing import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, MissingConfigException
+import yaml
+from hydra.errors import (ConfigCompositionException, MissingConfigException,
+                          OverrideParseException)
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -77,11 +79,36 @@ def report(e: BaseException) -> int | None:
         hint = f"did you mean {group}={close[0]}? " if close else ""
         say(f"error: {group}={choice}: no such option; {hint}choose one of {', '.join(e.options)}")
         return 2
+    line = _parse_error(e)
+    if line is not None:
+        say(f"error: {line}")
+        return 2
     err = user_error(e) or disk_error(e, None)
     if err is None:
         return None
     say(f"error: {err}")
     return err.exit_code
+
+
+def _parse_error(e: BaseException) -> str | None:
+    """A command line or config file Hydra could not read, as one line (Hydra's own messages
+    span several lines, or are a traceback)."""
+    if isinstance(e, OverrideParseException):
+        why = e.message.splitlines()[0].removeprefix("LexerNoViableAltException: ")
+        return (f"{e.override}: not a valid override ({why}); write key=value, e.g. "
+                f"trainer.iterations=100 or task.ways=[5,20]")
+    if isinstance(e, ValueError) and str(e).startswith("Config group override must be"):
+        return f"an override without a key (such as =5): write key=value ({e})"
+    while e is not None and not isinstance(e, yaml.YAMLError):
+        e = e.__cause__ or e.__context__
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"{mark.name}, line {mark.line + 1}: " if mark else ""
+        if isinstance(e, yaml.constructor.ConstructorError) and "python/" in str(e.problem):
+            return (f"{where}a !!python tag; configs are plain YAML and never build Python "
+                    f"objects (use a _target_ node)")
+        return f"{where}not valid YAML ({e.problem or e.context}); fix the file"
+    return None
 
 
 def user_error(e: BaseException | None) -> MetalearnError | None:

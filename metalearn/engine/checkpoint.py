@@ -26,6 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from metalearn import safety
 from metalearn.engine.distributed import World
 from metalearn.engine.io import disk_errors
 from metalearn.errors import ConfigError, TrainingError
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "metalearn-checkpoint", 2
 RESUMABLE = ("last.pt", "last.prev.pt", "best.pt")
+# What TrainingState.state_dict() writes and a resume reads.
+TRAINING_KEYS = ("model", "optimizer", "iteration", "best_val_acc", "best_iteration",
+                 "skipped_steps", "train_time_s", "wandb_run_id", "metrics_bytes", "config", "rng")
 # Keys a resumed run may change: where/how it runs, how long, how often it reports; not what it
 # learns. `trainer.iterations` is safe because the lr schedule is rebuilt for the new length.
 SAFE_KEYS = ("resume", "overwrite", "device", "trainer.iterations", "trainer.eval_every",
@@ -167,7 +171,14 @@ def latest(run_dir: Path, verbose: bool = True) -> tuple[dict[str, Any], Path] |
         path = run_dir / name
         if path.exists():
             try:
-                found.append((load(path), path))
+                state = load(path)
+                missing = [k for k in TRAINING_KEYS if k not in state]
+                if missing:  # the right header is not enough: resume reads all of these
+                    raise ForeignCheckpoint(
+                        f"{path} is a metalearn checkpoint without {', '.join(missing)}: not a "
+                        f"training run's (an online run's, or edited); move it out of the run "
+                        f"directory or start a new run")
+                found.append((state, path))
             except ForeignCheckpoint:
                 raise
             except TrainingError as e:
@@ -185,11 +196,15 @@ def latest(run_dir: Path, verbose: bool = True) -> tuple[dict[str, Any], Path] |
 
 
 def resume_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str] | None,
-                  use_saved: bool) -> DictConfig:
+                  use_saved: bool, source: str | Path = "the checkpoint") -> DictConfig:
     """The config to continue with. `resume=<dir>` (`use_saved`): the checkpoint's own, with
     the command line's `overrides` of SAFE_KEYS applied and any other override refused.
-    `resume=true/auto`: the given config, which must match the checkpoint's outside SAFE_KEYS."""
-    saved = OmegaConf.create(state["config"])
+    `resume=true/auto`: the given config, which must match the checkpoint's outside SAFE_KEYS.
+    `source`: the checkpoint's path, for messages."""
+    if use_saved:  # the run is then built from the checkpoint's config: shipped targets only
+        saved = safety.checked(state.get("config"), source)
+    else:  # only compared with the given config, never built from
+        saved = OmegaConf.create(state["config"])
     if use_saved:
         keys = [k for k in _override_keys(overrides or []) if not k.startswith(("hydra.", "hydra/"))]
         unsafe = [k for k in keys if not _is_safe(k)]

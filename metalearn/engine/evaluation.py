@@ -123,6 +123,10 @@ def cross_domains(cfg: DictConfig, datasets: Any = None) -> dict[str, DictConfig
         if not str(name).replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"eval.datasets: domain name {name!r} must be letters, digits, _ "
                               f"or - (it becomes the key test/<name>/acc)")
+        if not isinstance(given, (dict, DictConfig, type(None))):
+            # OmegaConf.create would parse a string as YAML: nodes no check has seen
+            raise ConfigError(f"eval.datasets.{name}: expected overrides or a dataset config "
+                              f"(a mapping), got a {type(given).__name__}")
         given = OmegaConf.create(given or {})
         node = given if "_target_" in given else OmegaConf.merge(dataset_config(name), given)
         # resolved inside a copy of the run's config, for its ${paths...} and friends

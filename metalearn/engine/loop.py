@@ -167,7 +167,8 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
                               f"as hydra.run.dir=<dir> (or resume=<dir>), or drop resume")
         saved = found[0] if found else None
         if saved is not None:
-            cfg = checkpoint.resume_config(cfg, saved, overrides, use_saved=own_dir)
+            cfg = checkpoint.resume_config(cfg, saved, overrides, use_saved=own_dir,
+                                           source=found[1])
         if world.is_main:
             io.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 

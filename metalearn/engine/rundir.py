@@ -38,6 +38,10 @@ def resolve(resume: object, run_dir: Path) -> Path:
     """The directory a run writes to: the one `resume=<run dir>` names, else `run_dir`."""
     if not isinstance(resume, str) or resume in ("", "auto"):
         return Path(run_dir)
+    if Path(resume).is_file():
+        raise ConfigError(f"resume={resume}: a file, not a run directory; pass the directory "
+                          f"that holds it (resume={Path(resume).parent}), which continues from "
+                          f"its newest checkpoint")
     if not Path(resume).is_dir():
         raise ConfigError(f"resume={resume}: no such directory; pass a run's output directory")
     return Path(resume)

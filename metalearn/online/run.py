@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from metalearn import safety
 from metalearn.config_check import validate
 from metalearn.data.episodes import Preprocess
 from metalearn.engine import checkpoint, rundir
@@ -40,11 +41,11 @@ def make_logger(cfg: DictConfig, out_dir: Path, metrics_offset: int) -> RunLogge
     return RunLogger(cfg, out_dir, metrics_offset=metrics_offset)
 
 
-def _find_state(out_dir: Path) -> dict[str, Any] | None:
+def _find_state(out_dir: Path) -> tuple[dict[str, Any], Path] | None:
     found = [p for p in (out_dir / STATE, out_dir / PREV) if p.exists()]
     for path in found:
         try:
-            return checkpoint.load(path)
+            return checkpoint.load(path), path
         except checkpoint.ForeignCheckpoint:
             raise  # a file that is not ours (or imports code): never skipped silently
         except Exception as e:  # a damaged newest file: fall back to the previous one
@@ -62,14 +63,16 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def _resume(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, dict | None]:
     mode = cfg.get("resume") or False
-    state = _find_state(out_dir) if mode else None
-    if state is None:
+    found = _find_state(out_dir) if mode else None
+    if found is None:
         if mode not in (False, "auto"):
             raise ConfigError(f"resume={mode} but {out_dir} holds no {STATE}: pass the online "
                               f"run's directory (resume=<dir>), or drop resume")
         return cfg, None
-    saved = OmegaConf.create(state["config"])
+    state, path = found
     if isinstance(mode, str) and mode != "auto":
+        # the stream is then built from the checkpoint's config: shipped targets only
+        saved = safety.checked(state.get("config"), path)
         with open_dict(saved):
             saved.resume, saved.device = cfg.resume, cfg.device
         return saved, state
