@@ -25,6 +25,11 @@ def _load(results: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
 
 
+def comparisons(results: Path | None = None) -> list[dict]:
+    """scripts/compare_l2l.py's reports (results/comparisons/)."""
+    return _load((results or RESULTS) / "comparisons")
+
+
 def load() -> list[dict]:
     return _load(RESULTS)
 
@@ -39,7 +44,7 @@ def _verdict(acc: float, target: float | None) -> str:
     return f"≥ {target:g}%: **{'met' if acc >= target else 'missed'}**"
 
 
-def render(records: list[dict]) -> str:
+def render(records: list[dict], compared: list[dict] | None = None) -> str:
     lines = [BEGIN, "",
              "| run | test accuracy | target | paper | iterations | wall / CPU min | threads | processor | commit |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -65,6 +70,20 @@ def render(records: list[dict]) -> str:
         curve = ", ".join(f"{100 * acc:.1f}% at {it:,}" for it, acc in r["val_curve"])
         lines += [f"Validation: {curve or 'none'}. Recorded {r['recorded']}.", "",
                   "```bash", r["command"], "```", ""]
+    for c in compared or []:
+        lines += ["### The main job beside learn2learn's MAML loop", "",
+                  "Run at the same time, one core each (`scripts/compare_l2l.py`); both scored "
+                  "on the main job's test episodes.", "",
+                  "| loop | test accuracy | iterations × tasks | training / wall min | CPU min |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name, r in (("metalearn `experiment=omniglot_5w1s_cpu`", c["metalearn"]),
+                        ("learn2learn example loop (meta-batch 32, fast lr 0.5, 1 query/class)",
+                         c["learn2learn_loop"])):
+            tasks = r.get("meta_batch_size") or c["metalearn_config"]["trainer"]["meta_batch_size"]
+            lines.append(f"| {name} | **{100 * r['test_acc']:.2f} ± {100 * r['test_acc_ci95']:.2f}%** "
+                         f"| {r['iterations']:,} × {tasks} | {_minutes(r['train_time_s'])} / "
+                         f"{_minutes(r['wall_time_s'])} | {_minutes(r.get('cpu_time_s'))} |")
+        lines += ["", "```bash", c["command"], "```", ""]
     lines.append(END)
     return "\n".join(lines)
 
@@ -106,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     records = load()
     doc = DOC.read_text()
-    want = splice(doc, render(records))
+    want = splice(doc, render(records, comparisons()))
     if a.check:
         if want != doc:
             print(f"error: {DOC.relative_to(ROOT)} differs from the records in results/: run "

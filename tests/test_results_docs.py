@@ -10,7 +10,7 @@ import render_results  # noqa: E402
 def test_docs_results_is_rendered_from_the_records():
     records = render_results.load()
     doc = render_results.DOC.read_text()
-    assert render_results.render(records) in doc, \
+    assert render_results.render(records, render_results.comparisons()) in doc, \
         "docs/results.md is stale: run python scripts/render_results.py"
     for r in records:  # every record carries what a reader needs to trust and rerun it
         res = r["results"]

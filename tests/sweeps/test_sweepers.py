@@ -88,7 +88,9 @@ def test_wandb_agent_command_runs_through_train_py_parser(tmp_path):
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["algo"]["inner_lr"] == values["algo.inner_lr"]
     assert cfg["algo"]["adaptation_steps"] == values["algo.adaptation_steps"]
-    assert cfg["trainer"]["iterations"] == 1200  # experiment=omniglot_5w1s_cpu applied
+    preset = yaml.safe_load((ROOT / "metalearn" / "configs" / "experiment" /
+                             "omniglot_5w1s_cpu.yaml").read_text())
+    assert cfg["trainer"]["iterations"] == preset["trainer"]["iterations"]  # the preset applied
 
 
 def test_submitit_local_launcher_runs_two_jobs(tmp_path):
