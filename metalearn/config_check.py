@@ -1,7 +1,7 @@
 """Every config value checked before any work: `validate(cfg)` raises one ConfigError that
 names each bad key, its value and what is expected.
 
-`trainer.*`, `task.*`, `seed`, `device` and `resume` follow the table below. Every other
+`trainer.*`, `task.*`, `seed`, `device`, `threads` and `resume` follow the table below. Every other
 group that builds an object (`_target_`: algo, backbone, dataset, optimizer, ...) is checked
 against the target's own signature: unknown keys (with the closest valid one), types from the
 parameter annotations (pydantic, strict: a YAML string is never read as a number), and
@@ -44,7 +44,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
              "train_ways": (Optional[PosInt], "null or an integer >= 1"),
              "train_shots": (Optional[PosInt], "null or an integer >= 1")},
     "": {"seed": (int, "an integer"), "resume": (bool | str, "false, true, auto or a run directory"),
-         "device": (Annotated[str, "device"], "auto, cpu, cuda or cuda:<index>")},
+         "device": (Annotated[str, "device"], "auto, cpu, cuda or cuda:<index>"),
+         "threads": (Literal["auto"] | PosInt, "auto or an integer >= 1")},
 }
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Owned elsewhere (the scheduler group replaces them): present but not checked here.

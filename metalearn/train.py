@@ -27,6 +27,7 @@ from metalearn.engine.loop import train
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from metalearn.errors import MetalearnError
 from metalearn.online.run import run_online
+from metalearn.threads import USER_OMP_ENV
 
 # metalearn.launch (torchrun that returns 75) points this at a folder: each worker that stops
 # resumable drops a file there, since torchrun itself only reports "a worker failed" (1).
@@ -52,6 +53,8 @@ def app(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Run the app; turn what a user can fix into one line and an exit code."""
+    # before a launcher (joblib) gives its workers an OMP_NUM_THREADS of its own
+    os.environ.setdefault(USER_OMP_ENV, os.environ.get("OMP_NUM_THREADS", ""))
     try:
         with hydra_raises():
             app()

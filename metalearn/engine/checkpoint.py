@@ -36,7 +36,7 @@ FORMAT, VERSION = "metalearn-checkpoint", 2
 RESUMABLE = ("last.pt", "last.prev.pt", "best.pt")
 # Keys a resumed run may change: where/how it runs, how long, how often it reports; not what it
 # learns. `trainer.iterations` is safe because the lr schedule is rebuilt for the new length.
-SAFE_KEYS = ("resume", "overwrite", "device", "trainer.iterations", "trainer.eval_every",
+SAFE_KEYS = ("resume", "overwrite", "device", "threads", "trainer.iterations", "trainer.eval_every",
              "trainer.log_every", "trainer.checkpoint_every", "paths", "logger", "eval")
 
 
