@@ -55,8 +55,11 @@ NAME_NON_NEGATIVE = re.compile(r"(decay|momentum)$")
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise one ConfigError listing every bad value in `cfg`; return None if all are fine."""
+def validate(cfg: DictConfig, targets: bool = True) -> None:
+    """Raise one ConfigError listing every bad value in `cfg`; return None if all are fine.
+
+    `targets=False` checks only the table, which needs no import of a target's module (torch):
+    train.py does that first so that a typo is answered at once."""
     errors: list[str] = []
     for section, schema in SCHEMA.items():
         node = cfg.get(section) if section else cfg
@@ -75,7 +78,9 @@ def validate(cfg: DictConfig) -> None:
                 ann, expected = schema[key]
                 if not _fits(value, ann):
                     errors.append(f"{prefix}{key}={_show(value)}: expected {expected}")
-    errors += [e for key, node in cfg.items() if key != "hydra" for e in _targets(str(key), node)]
+    if targets:
+        errors += [e for key, node in cfg.items() if key != "hydra"
+                   for e in _targets(str(key), node)]
     if errors:
         raise ConfigError("; ".join(errors))
 

@@ -12,7 +12,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -23,10 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
 from metalearn.engine.io import disk_error
-from metalearn.engine.loop import train
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from metalearn.errors import MetalearnError
-from metalearn.online.run import run_online
 from metalearn.threads import USER_OMP_ENV
 
 # metalearn.launch (torchrun that returns 75) points this at a folder: each worker that stops
@@ -37,8 +35,14 @@ EXIT_DIR_ENV = "METALEARN_EXIT_DIR"
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float:
     try:
-        results = (run_online if cfg.get("online") else train)(
-            cfg, Path(HydraConfig.get().runtime.output_dir))
+        # The settings' table first: a typo'd value is answered before torch is imported.
+        from metalearn.config_check import validate
+        validate(cfg, targets=False)
+        if cfg.get("online"):
+            from metalearn.online.run import run_online as run
+        else:
+            from metalearn.engine.loop import train as run
+        results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except Exception as e:
         code = report(e)  # here, not in main(): Hydra would add "Error executing job ..."
         if code is None:
@@ -56,7 +60,7 @@ def main() -> None:
     # before a launcher (joblib) gives its workers an OMP_NUM_THREADS of its own
     os.environ.setdefault(USER_OMP_ENV, os.environ.get("OMP_NUM_THREADS", ""))
     try:
-        with hydra_raises():
+        with hydra_raises(), _quick_help(any(a in ("--help", "-h") for a in sys.argv[1:])):
             app()
     except Exception as e:
         code = getattr(e, "reported_exit_code", None) or report(e)
@@ -128,6 +132,33 @@ def hydra_raises() -> Iterator[None]:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = before
+
+
+@contextmanager
+def _quick_help(enabled: bool) -> Iterator[None]:
+    """Hydra's --help lists every config group by copying its whole config repository once per
+    group and option kind (over a hundred copies here, seconds): with no overrides involved
+    every copy is the same, so one is made and reused. Hydra's help text is unchanged."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    original = getattr(ConfigLoaderImpl, "_parse_overrides_and_create_caching_repo", None)
+    if not enabled or original is None:
+        yield
+        return
+    made: dict[Any, Any] = {}
+
+    def reused(self: Any, config_name: str | None, overrides: list[str]) -> Any:
+        if config_name is not None or overrides:
+            return original(self, config_name, overrides)
+        if id(self) not in made:
+            made[id(self)] = original(self, config_name, overrides)
+        return made[id(self)]
+
+    ConfigLoaderImpl._parse_overrides_and_create_caching_repo = reused
+    try:
+        yield
+    finally:
+        ConfigLoaderImpl._parse_overrides_and_create_caching_repo = original
 
 
 def _record_exit(code: int) -> None:
