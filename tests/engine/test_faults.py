@@ -387,8 +387,11 @@ def test_a_signal_during_the_final_test_stops_at_once_with_everything_saved(
 def test_the_exit_code_says_whether_there_is_something_to_resume(saved, code, capsys):
     from metalearn.train import report
 
-    assert report(Preempted(signal.SIGTERM, 5, "run/last.pt", saved)) == code
-    assert capsys.readouterr().err.startswith("preempted: received SIGTERM")
+    assert report(Preempted(signal.SIGTERM, 5, "out/run 1/last.pt", saved)) == code
+    err = capsys.readouterr().err
+    assert err.startswith("preempted: received SIGTERM")
+    # a command that continues this run: resume=auto would start a new timestamped one
+    assert ("to continue: python train.py resume='out/run 1'\n" in err) == (saved is not None)
 
 
 @pytest.fixture
