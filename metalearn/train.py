@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,10 +35,12 @@ EXIT_DIR_ENV = "METALEARN_EXIT_DIR"
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float:
+    started = False
     try:
         # The settings' table first: a typo'd value is answered before torch is imported.
         from metalearn.config_check import validate
         validate(cfg, targets=False)
+        started = True
         if cfg.get("online"):
             from metalearn.online.run import run_online as run
         else:
@@ -47,12 +50,33 @@ def app(cfg: DictConfig) -> float:
         code = report(e)  # here, not in main(): Hydra would add "Error executing job ..."
         if code is None:
             raise  # a bug: its traceback
+        if not started:
+            _discard_unused_run_dir()
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             e.reported_exit_code = code  # type: ignore[attr-defined]  (main: no second line)
             raise  # the sweeper records a failed job and decides
         _record_exit(code)
         sys.exit(code)
     return results.get("best_val_acc", results.get("online_acc"))  # what sweepers optimise
+
+
+def _discard_unused_run_dir() -> None:
+    """A command refused before any work leaves no run dir behind: Hydra made it, with its
+    `.hydra/` and log, before the config was checked. A directory holding anything else (a run
+    to resume, the current directory) is left as it is."""
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.RUN:
+        return
+    out = Path(hc.runtime.output_dir)
+    own = {name for name in (hc.output_subdir, f"{hc.job.name}.log") if name}
+    try:
+        if out.resolve() == Path.cwd().resolve() or not {p.name for p in out.iterdir()} <= own:
+            return
+        for name in own:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
+        out.rmdir()
+    except OSError:
+        pass  # only tidying up: the error line was already printed
 
 
 def main() -> None:
@@ -112,6 +136,9 @@ def _unknown_key(e: ConfigCompositionException) -> str:
     value = msg.split(f"+{given}=", 1)[1].splitlines()[0] if f"+{given}=" in msg else None
     key, full = str(cause.key), str(cause.full_key or cause.key)
     siblings = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
+    if "." not in full:  # a group left out of the config (experiment: null) is no key there
+        siblings += [p.name for p in (Path(__file__).parent / "configs").iterdir()
+                     if p.is_dir() and not p.name.startswith("_")]
     close = difflib.get_close_matches(key, [k for k in siblings if k != "hydra"], n=1)
     what = given if value is None else f"{given}={value}"
     if not close:

@@ -20,3 +20,15 @@ def test_help_config_and_config_errors_do_not_import_torch(args, code, says, tmp
     assert proc.returncode == code, proc.stderr[-2000:]
     assert says in proc.stdout + proc.stderr
     assert "torch imported: False" in proc.stderr
+    # a refused command leaves no run dir behind (Hydra makes one before the config is checked)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_command_keeps_a_directory_that_holds_a_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    proc = subprocess.run([sys.executable, "-c", PROBE, "task.ways=five", f"hydra.run.dir={run}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert (run / "config.yaml").read_text() == "seed: 0\n"

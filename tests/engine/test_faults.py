@@ -111,6 +111,8 @@ def _cli(tmp_path, *overrides, run=None):
                         "choose one of " + ", ".join(sorted(
                             p.stem for p in (ROOT / "metalearn/configs/algorithm").glob("*.yaml")))),
     ("algo.inner_lr=abc", "error: algo.inner_lr=abc: expected a number"),
+    ("experimnet=omniglot_5w1s_cpu",  # a config group, absent from the composed config
+     "error: experimnet=omniglot_5w1s_cpu: unknown key 'experimnet'; did you mean experiment?"),
 ])
 def test_train_py_answers_typos_and_bad_values_with_one_line(tmp_path, override, line):
     code, err = _cli(tmp_path, override)
