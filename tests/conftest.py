@@ -133,5 +133,5 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"tests/conftest.py SLOW names no test: {stale}")
     for item in items:
         where = Path(item.fspath).relative_to(tests).as_posix()
-        if f"{where}::{item.originalname}" in SLOW or f"{where}::{item.name}" in SLOW:
+        if f"{where}::{getattr(item, 'originalname', item.name)}" in SLOW or f"{where}::{item.name}" in SLOW:
             item.add_marker(pytest.mark.slow)
