@@ -1,4 +1,5 @@
-# Two entry points: `make train` (a real meta-training run) and `make test`.
+# Entry points: `make train` (a real meta-training run), `make test` (the whole suite, as CI)
+# and `make test-fast` (the tests not marked slow).
 # Each builds .venv on first use with the tested versions (requirements/constraints.txt);
 # later calls reuse it. docs/install.md does the same by hand, or into any environment.
 PY ?= python3
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PIP) --no-build-isolation -e ".[sweeps,hf,timm,dev]"
 	touch $(STAMP)
 
-.PHONY: install train test constraints
+.PHONY: install train test test-fast constraints
 install: $(STAMP)
 
 train: $(STAMP)
@@ -27,6 +28,11 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The developer's tier: everything but the tests marked slow (real-data trainings, runs of
+# several processes, sweeps); CI runs `make test`.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider $(ARGS)
 
 # After upgrading a package in .venv and passing the tests: pin what was tested.
 constraints: $(STAMP)

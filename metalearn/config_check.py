@@ -1,7 +1,7 @@
 """Every config value checked before any work: `validate(cfg)` raises one ConfigError that
 names each bad key, its value and what is expected.
 
-`trainer.*`, `task.*`, `seed`, `device` and `resume` follow the table below. Every other
+`trainer.*`, `task.*`, `seed`, `device`, `threads` and `resume` follow the table below. Every other
 group that builds an object (`_target_`: algo, backbone, dataset, optimizer, ...) is checked
 against the target's own signature: unknown keys (with the closest valid one), types from the
 parameter annotations (pydantic, strict: a YAML string is never read as a number), and
@@ -44,7 +44,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, str]]] = {
              "train_ways": (Optional[PosInt], "null or an integer >= 1"),
              "train_shots": (Optional[PosInt], "null or an integer >= 1")},
     "": {"seed": (int, "an integer"), "resume": (bool | str, "false, true, auto or a run directory"),
-         "device": (Annotated[str, "device"], "auto, cpu, cuda or cuda:<index>")},
+         "device": (Annotated[str, "device"], "auto, cpu, cuda or cuda:<index>"),
+         "threads": (Literal["auto"] | PosInt, "auto or an integer >= 1")},
 }
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # Owned elsewhere (the scheduler group replaces them): present but not checked here.
@@ -54,8 +55,11 @@ NAME_NON_NEGATIVE = re.compile(r"(decay|momentum)$")
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise one ConfigError listing every bad value in `cfg`; return None if all are fine."""
+def validate(cfg: DictConfig, targets: bool = True) -> None:
+    """Raise one ConfigError listing every bad value in `cfg`; return None if all are fine.
+
+    `targets=False` checks only the table, which needs no import of a target's module (torch):
+    train.py does that first so that a typo is answered at once."""
     errors: list[str] = []
     for section, schema in SCHEMA.items():
         node = cfg.get(section) if section else cfg
@@ -74,7 +78,9 @@ def validate(cfg: DictConfig) -> None:
                 ann, expected = schema[key]
                 if not _fits(value, ann):
                     errors.append(f"{prefix}{key}={_show(value)}: expected {expected}")
-    errors += [e for key, node in cfg.items() if key != "hydra" for e in _targets(str(key), node)]
+    if targets:
+        errors += [e for key, node in cfg.items() if key != "hydra"
+                   for e in _targets(str(key), node)]
     if errors:
         raise ConfigError("; ".join(errors))
 

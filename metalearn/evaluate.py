@@ -26,6 +26,7 @@ from metalearn.engine import checkpoint
 from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, samplers, seed_everything
+from metalearn import threads
 from metalearn.errors import ConfigError
 from metalearn.train import hydra_raises, report
 
@@ -65,6 +66,9 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
         raise ConfigError(f"checkpoint={which} split={split}: checkpoint must be best or last, "
                           f"split must be test or val")
     run_dir = Path(ecfg.run_dir)
+    threads.apply(ecfg.get("threads", "auto"))
+    log.info("evaluating %s (%s checkpoint, %s split), %s", run_dir, which, split,
+             threads.summary())
     cfg, data, algo, device = load_run(run_dir, which, ecfg.device)
     t = ecfg.task
     ways, shots, query = t.ways or cfg.task.ways, t.shots or cfg.task.shots, t.query or cfg.task.query

@@ -33,6 +33,7 @@ from metalearn.algorithms.base import Classifier, MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.readers import IMAGE_EXTENSIONS
 from metalearn.engine import checkpoint
+from metalearn import threads
 from metalearn.errors import ConfigError, DataError, MetalearnError
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor]
@@ -188,8 +189,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("query", type=Path, help="folder of images to classify")
     parser.add_argument("-o", "--output", default="-", help="CSV file (default: stdout)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", default="auto", type=lambda v: v if v == "auto" else int(v),
+                        help="torch CPU threads: auto (default: the cores this process may use, "
+                        "or OMP_NUM_THREADS if set) or a number")
     args = parser.parse_args(argv)
     try:
+        threads.apply(args.threads)
         queries, pred = predict_folders(args.run, args.support, args.query, args.device)
     except MetalearnError as e:
         print(f"error: {e}", file=sys.stderr)

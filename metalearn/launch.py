@@ -22,12 +22,15 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import parse_args, run
 
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE
+from metalearn.threads import USER_OMP_ENV
 from metalearn.train import EXIT_DIR_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
     status = Path(tempfile.mkdtemp(prefix="metalearn-exit-"))
     os.environ[EXIT_DIR_ENV] = str(status)  # the workers inherit it
+    # torchrun sets OMP_NUM_THREADS=1 for its workers: threads=auto must not take it for the user's
+    os.environ.setdefault(USER_OMP_ENV, os.environ.get("OMP_NUM_THREADS", ""))
     try:
         run(parse_args(argv))
         return 0

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,10 +26,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
 from metalearn.engine.io import disk_error
-from metalearn.engine.loop import train
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from metalearn.errors import MetalearnError
-from metalearn.online.run import run_online
+from metalearn.threads import USER_OMP_ENV
 
 # metalearn.launch (torchrun that returns 75) points this at a folder: each worker that stops
 # resumable drops a file there, since torchrun itself only reports "a worker failed" (1).
@@ -37,13 +37,23 @@ EXIT_DIR_ENV = "METALEARN_EXIT_DIR"
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def app(cfg: DictConfig) -> float:
+    started = False
     try:
-        results = (run_online if cfg.get("online") else train)(
-            cfg, Path(HydraConfig.get().runtime.output_dir))
+        # The settings' table first: a typo'd value is answered before torch is imported.
+        from metalearn.config_check import validate
+        validate(cfg, targets=False)
+        started = True
+        if cfg.get("online"):
+            from metalearn.online.run import run_online as run
+        else:
+            from metalearn.engine.loop import train as run
+        results = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except Exception as e:
         code = report(e)  # here, not in main(): Hydra would add "Error executing job ..."
         if code is None:
             raise  # a bug: its traceback
+        if not started:
+            _discard_unused_run_dir()
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             e.reported_exit_code = code  # type: ignore[attr-defined]  (main: no second line)
             raise  # the sweeper records a failed job and decides
@@ -52,10 +62,31 @@ def app(cfg: DictConfig) -> float:
     return results.get("best_val_acc", results.get("online_acc"))  # what sweepers optimise
 
 
+def _discard_unused_run_dir() -> None:
+    """A command refused before any work leaves no run dir behind: Hydra made it, with its
+    `.hydra/` and log, before the config was checked. A directory holding anything else (a run
+    to resume, the current directory) is left as it is."""
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.RUN:
+        return
+    out = Path(hc.runtime.output_dir)
+    own = {name for name in (hc.output_subdir, f"{hc.job.name}.log") if name}
+    try:
+        if out.resolve() == Path.cwd().resolve() or not {p.name for p in out.iterdir()} <= own:
+            return
+        for name in own:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink(missing_ok=True)
+        out.rmdir()
+    except OSError:
+        pass  # only tidying up: the error line was already printed
+
+
 def main() -> None:
     """Run the app; turn what a user can fix into one line and an exit code."""
+    # before a launcher (joblib) gives its workers an OMP_NUM_THREADS of its own
+    os.environ.setdefault(USER_OMP_ENV, os.environ.get("OMP_NUM_THREADS", ""))
     try:
-        with hydra_raises():
+        with hydra_raises(), _quick_help(any(a in ("--help", "-h") for a in sys.argv[1:])):
             app()
     except Exception as e:
         code = getattr(e, "reported_exit_code", None) or report(e)
@@ -132,6 +163,9 @@ def _unknown_key(e: ConfigCompositionException) -> str:
     value = msg.split(f"+{given}=", 1)[1].splitlines()[0] if f"+{given}=" in msg else None
     key, full = str(cause.key), str(cause.full_key or cause.key)
     siblings = [str(k) for k in cause.parent_node.keys()] if cause.parent_node is not None else []
+    if "." not in full:  # a group left out of the config (experiment: null) is no key there
+        siblings += [p.name for p in (Path(__file__).parent / "configs").iterdir()
+                     if p.is_dir() and not p.name.startswith("_")]
     close = difflib.get_close_matches(key, [k for k in siblings if k != "hydra"], n=1)
     what = given if value is None else f"{given}={value}"
     if not close:
@@ -152,6 +186,33 @@ def hydra_raises() -> Iterator[None]:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = before
+
+
+@contextmanager
+def _quick_help(enabled: bool) -> Iterator[None]:
+    """Hydra's --help lists every config group by copying its whole config repository once per
+    group and option kind (over a hundred copies here, seconds): with no overrides involved
+    every copy is the same, so one is made and reused. Hydra's help text is unchanged."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    original = getattr(ConfigLoaderImpl, "_parse_overrides_and_create_caching_repo", None)
+    if not enabled or original is None:
+        yield
+        return
+    made: dict[Any, Any] = {}
+
+    def reused(self: Any, config_name: str | None, overrides: list[str]) -> Any:
+        if config_name is not None or overrides:
+            return original(self, config_name, overrides)
+        if id(self) not in made:
+            made[id(self)] = original(self, config_name, overrides)
+        return made[id(self)]
+
+    ConfigLoaderImpl._parse_overrides_and_create_caching_repo = reused
+    try:
+        yield
+    finally:
+        ConfigLoaderImpl._parse_overrides_and_create_caching_repo = original
 
 
 def _record_exit(code: int) -> None:

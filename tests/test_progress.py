@@ -52,8 +52,8 @@ def test_a_60k_iteration_run_logs_under_1_mb_off_a_terminal(capfd):
     assert MAX_LINES <= len(training) <= MAX_LINES + 2  # thinned, first and last included
     assert "iteration 1/60000 loss" in training[0] and "iteration 60000/60000 loss" in training[-1]
     assert sum("validation: acc 0.5000" in l for l in lines) == 240
-    assert lines[0].endswith("run: MAML on load_synthetic with Conv4, 5-way 1-shot (15 queries), "
-                             "60000 iterations of 32 tasks, Adam lr 0.001, device auto, seed 0")
+    assert "run: MAML on load_synthetic with Conv4, 5-way 1-shot (15 queries), 60000 iterations " \
+           "of 32 tasks, Adam lr 0.001, device auto, seed 0, threads " in lines[0]
 
 
 def test_on_a_terminal_the_bar_shows_and_log_lines_print_above_it(capfd):

@@ -40,7 +40,7 @@ TRAINING_KEYS = ("model", "optimizer", "iteration", "best_val_acc", "best_iterat
                  "skipped_steps", "train_time_s", "wandb_run_id", "metrics_bytes", "config", "rng")
 # Keys a resumed run may change: where/how it runs, how long, how often it reports; not what it
 # learns. `trainer.iterations` is safe because the lr schedule is rebuilt for the new length.
-SAFE_KEYS = ("resume", "overwrite", "device", "trainer.iterations", "trainer.eval_every",
+SAFE_KEYS = ("resume", "overwrite", "device", "threads", "trainer.iterations", "trainer.eval_every",
              "trainer.log_every", "trainer.checkpoint_every", "paths", "logger", "eval")
 
 

@@ -34,6 +34,7 @@ from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domain
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.engine.progress import Progress, log
 from metalearn.errors import ConfigError, TrainingError
+from metalearn import threads
 from metalearn.inference import preprocessing
 from metalearn.tracking import RunLogger
 
@@ -142,6 +143,7 @@ def train(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) ->
             and Path(HydraConfig.get().runtime.output_dir) == Path(out_dir):
         overrides = list(HydraConfig.get().overrides.task)
     validate(cfg)  # every value checked before any work (docs/faults.md)
+    threads.apply(cfg.get("threads", "auto"))
     # a world of one unless under torchrun
     world, device = distributed.setup(cfg.device, cfg.trainer.collective_timeout_s)
     try:

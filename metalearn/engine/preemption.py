@@ -8,8 +8,12 @@ stop at once instead. A second Ctrl-C while stopping interrupts at once as usual
 """
 from __future__ import annotations
 
+import os
+import shlex
 import signal
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 # EX_TEMPFAIL from sysexits.h: "try again later". Distinct from 143 (killed by an unhandled
@@ -32,9 +36,18 @@ class Preempted(Exception):
             at = (f"stopped after iteration {iteration}" if saved_iteration == iteration else
                   f"stopped at iteration {iteration}; the last checkpoint saved is iteration "
                   f"{saved_iteration}")
-            msg = (f"received {name}: {at}, in {checkpoint}; run the same command with "
-                   f"resume=auto (or resume=true) to continue")
+            # resume=auto in the same command would start a new run in a new timestamped
+            # directory: the run's own directory is the one command that always continues it
+            run_dir = shlex.quote(str(Path(checkpoint).parent))
+            msg = (f"received {name}: {at}, in {checkpoint}; to continue: "
+                   f"{_program()} resume={run_dir}")
         super().__init__(msg)
+
+
+def _program() -> str:
+    """How this run was started: the installed command, else train.py from a clone."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name.startswith("metalearn-") else "python train.py"
 
 
 class StopSignals:

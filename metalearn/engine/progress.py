@@ -20,6 +20,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from metalearn import threads
+
 log = logging.getLogger("metalearn.train")
 
 MAX_LINES = 200  # training lines per run, whatever its length
@@ -38,7 +40,7 @@ def describe(cfg: DictConfig) -> str:
     return (f"{name(cfg.algo)} on {name(cfg.dataset)} with {name(cfg.backbone)}, "
             f"{t.ways}-way {t.shots}-shot ({t.query} queries), {tc.iterations} iterations of "
             f"{tc.meta_batch_size} tasks, {name(cfg.optimizer)} lr {cfg.optimizer.get('lr')}, "
-            f"device {cfg.device}, seed {cfg.seed}")
+            f"device {cfg.device}, seed {cfg.seed}, {threads.summary()}")
 
 
 class Progress:

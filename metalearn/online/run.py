@@ -25,6 +25,7 @@ from metalearn.engine import checkpoint, rundir
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, seed_everything
 from metalearn.engine.progress import line_every
+from metalearn import threads
 from metalearn.errors import ConfigError, MetalearnError
 from metalearn.online.learners import Context, OnlineLearner
 from metalearn.online.stream import TaskStream
@@ -112,6 +113,7 @@ def _init_from(algo: torch.nn.Module, where: str) -> None:
 
 def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     validate(cfg)  # every value checked before any work, as for training
+    threads.apply(cfg.get("threads", "auto"))
     mode = cfg.get("resume") or False
     out_dir = rundir.resolve(mode, out_dir)
     # one writer per directory; a finished stream is never written over unless asked
@@ -206,9 +208,10 @@ def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
 
     # a line every few rounds and at each domain's end (bounded like training's), for train.log
     every, n = line_every(len(stream), 1), len(stream)
-    log.info("online: %s on %d rounds (%s), %d-way %d-shot; writing to %s",
+    log.info("online: %s on %d rounds (%s), %d-way %d-shot, %s; writing to %s",
              type(learner).__name__, n, ", ".join(stream.domain_names[:4]) +
-             (", ..." if len(stream.domain_names) > 4 else ""), t.ways, t.shots, out_dir)
+             (", ..." if len(stream.domain_names) > 4 else ""), t.ways, t.shots,
+             threads.summary(), out_dir)
 
     def report(r: int, d: int, ends_domain: bool, row: dict[str, Any]) -> None:
         pace = (r + 1 - first) / max(time.time() - start, 1e-9)

@@ -111,6 +111,8 @@ def _cli(tmp_path, *overrides, run=None):
                         "choose one of " + ", ".join(sorted(
                             p.stem for p in (ROOT / "metalearn/configs/algorithm").glob("*.yaml")))),
     ("algo.inner_lr=abc", "error: algo.inner_lr=abc: expected a number"),
+    ("experimnet=omniglot_5w1s_cpu",  # a config group, absent from the composed config
+     "error: experimnet=omniglot_5w1s_cpu: unknown key 'experimnet'; did you mean experiment?"),
 ])
 def test_train_py_answers_typos_and_bad_values_with_one_line(tmp_path, override, line):
     code, err = _cli(tmp_path, override)
@@ -387,8 +389,11 @@ def test_a_signal_during_the_final_test_stops_at_once_with_everything_saved(
 def test_the_exit_code_says_whether_there_is_something_to_resume(saved, code, capsys):
     from metalearn.train import report
 
-    assert report(Preempted(signal.SIGTERM, 5, "run/last.pt", saved)) == code
-    assert capsys.readouterr().err.startswith("preempted: received SIGTERM")
+    assert report(Preempted(signal.SIGTERM, 5, "out/run 1/last.pt", saved)) == code
+    err = capsys.readouterr().err
+    assert err.startswith("preempted: received SIGTERM")
+    # a command that continues this run: resume=auto would start a new timestamped one
+    assert ("to continue: python train.py resume='out/run 1'\n" in err) == (saved is not None)
 
 
 @pytest.fixture

@@ -30,14 +30,17 @@ def test_train_on_synthetic_writes_results_metrics_and_checkpoints(tmp_path):
 
 
 def test_training_beats_chance_on_a_learnable_task(tmp_path):
+    # Test-time adaptation alone lifts an untrained network well above chance (0.2) here, so the
+    # bars are set against that, with room for other seeds and other CPUs' arithmetic; a run
+    # whose meta-step does not update the weights stays below both.
     overrides = [*FAST, "trainer.eval_every=20", "trainer.val_episodes=40",
                  "trainer.test_episodes=40", "trainer.meta_batch_size=4", "dataset.image_size=16",
-                 "dataset.signal_size=5", "dataset.noise=0.05"]
+                 "dataset.signal_size=5", "dataset.noise=0.05", "optimizer.lr=0.003"]
     before = train(compose_cfg(*overrides, "trainer.iterations=1"), tmp_path / "a")
-    after = train(compose_cfg(*overrides, "trainer.iterations=40"), tmp_path / "b")
+    after = train(compose_cfg(*overrides, "trainer.iterations=80"), tmp_path / "b")
     # same validation episodes (fixed eval_seed), so the gain is not sampling noise
-    assert after["best_val_acc"] > before["best_val_acc"] + 0.03
-    assert after["test_acc"] > 0.5  # 5-way: chance is 0.2
+    assert after["best_val_acc"] > before["best_val_acc"] + 0.08
+    assert after["test_acc"] > 0.65
 
 
 def test_wandb_offline_run_file_holds_config_and_history(tmp_path):
