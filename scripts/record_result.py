@@ -28,7 +28,8 @@ def build_record(run_dir: Path, name: str, target: float | None, paper: float | 
     results = json.loads((run_dir / "results.json").read_text())
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
     # where the run was written says nothing about the result: leave it out of the command
-    overrides = [o for o in overrides if not o.startswith(("hydra.run.dir=", "resume="))]
+    overrides = [o for o in overrides
+                 if not o.startswith(("hydra.run.dir=", "resume=", "overwrite="))]
     curve = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)

@@ -8,6 +8,7 @@ meta-batch -> per-task query losses -> backward -> step -> log -> validate -> ch
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -99,23 +100,35 @@ def meta_step(algo: MetaLearner, batch: Episodes, chunk_size: int | None = None,
     return torch.cat(losses), torch.cat(accs)
 
 
+@functools.lru_cache(maxsize=1)
+def code_commit() -> str | None:
+    """The commit the running code is at ("-dirty" with uncommitted changes), read once: at
+    the start of a run, before anyone edits the tree it runs from."""
+    import subprocess
+    git = ["git", "-C", str(Path(__file__).parent)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+        if commit and subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                     capture_output=True, text=True, timeout=5).stdout.strip():
+            commit += "-dirty"  # the run's config.yaml says what ran
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return commit or None
+
+
 def provenance(device: torch.device) -> dict[str, Any]:
     """What a measured number needs beside it: this process's CPU time (a resumed run's
     earlier processes not included), threads, processor, torch and the code's commit."""
     import platform
-    import subprocess
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")), None) if cpuinfo.exists() else None
     return {"cpu_time_s": time.process_time(), "threads": torch.get_num_threads(),
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "processor": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu,
-            "torch": torch.__version__, "commit": commit or None}
+            "processor": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else cpu or platform.processor(),
+            "torch": torch.__version__, "commit": code_commit()}
 
 
 def lr_scheduler(cfg: DictConfig, opt: torch.optim.Optimizer, done: int = 0):
@@ -143,6 +156,7 @@ def train(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) ->
             and Path(HydraConfig.get().runtime.output_dir) == Path(out_dir):
         overrides = list(HydraConfig.get().overrides.task)
     validate(cfg)  # every value checked before any work (docs/faults.md)
+    code_commit()  # now, not when results.json is written
     threads.apply(cfg.get("threads", "auto"))
     # a world of one unless under torchrun
     world, device = distributed.setup(cfg.device, cfg.trainer.collective_timeout_s)
