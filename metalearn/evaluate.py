@@ -22,7 +22,7 @@ import metalearn  # noqa: F401  (silences gym's import banner before learn2learn
 from metalearn import safety
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
-from metalearn.engine import checkpoint
+from metalearn.engine import checkpoint, io
 from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, samplers, seed_everything
@@ -89,6 +89,7 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
            "algorithm": cfg.algo._target_, "device": str(device),
            "dataset": dataset_name or cfg.dataset._target_}
     path = run_dir / f"eval-{tag}-{ways}w{shots}s{query}q-{episodes}ep-{which}.json"
+    io.note_written(path)
     path.write_text(json.dumps(out, indent=2))
     log.info(f"{split} accuracy {100 * res['acc']:.2f} ± {100 * res['acc_ci95']:.2f}% "
              f"({episodes} episodes, {ways}-way {shots}-shot, {which} checkpoint); saved {path}")

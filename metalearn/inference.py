@@ -179,6 +179,23 @@ def predict_folders(run: Path, support: Path, query: Path, device: str = "cpu"
     return queries, load(run, device).adapt(images, labels).predict(queries)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> str:
+    """A file or class name a spreadsheet would run as a formula (=HYPERLINK(...), +cmd|...)
+    gets a leading ' (OWASP's advice on CSV injection): shown as text, never evaluated."""
+    text = str(value)
+    return f"'{text}" if text.startswith(FORMULA_START) else text
+
+
+def write_csv(out: Any, queries: Sequence[Path], pred: Prediction) -> None:
+    writer = csv.writer(out)
+    writer.writerow(["path", "label", *(_cell(c) for c in pred.classes)])
+    for path, label, probs in zip(queries, pred.labels, pred.probabilities.tolist()):
+        writer.writerow([_cell(path), _cell(label), *(f"{p:.6f}" for p in probs)])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="metalearn-predict", description="Adapt a trained run to a support set of class "
@@ -201,10 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
     try:
-        writer = csv.writer(out)
-        writer.writerow(["path", "label", *pred.classes])
-        for path, label, probs in zip(queries, pred.labels, pred.probabilities.tolist()):
-            writer.writerow([str(path), label, *(f"{p:.6f}" for p in probs)])
+        write_csv(out, queries, pred)
     finally:
         if out is not sys.stdout:
             out.close()

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-from metalearn.engine.io import disk_errors
+from metalearn.engine.io import disk_errors, note_written
 
 # Keys of results.json -> names in a tracker's summary (the namespaces of the logged metrics).
 SUMMARY_NAMES = {"best_val_acc": "val/best_acc", "best_iteration": "val/best_iteration"}
@@ -131,6 +131,7 @@ class RunLogger:
                               f"metric lines before the resume point are missing", stacklevel=2)
             else:
                 os.truncate(path, metrics_offset)
+        note_written(path)
         self.metrics_file = open(path, "a", buffering=1)
         if cfg.get("logger") is not None:
             self.tracker = instantiate(cfg.logger)
@@ -213,6 +214,7 @@ class WandbTracker(Tracker):
         import wandb
 
         self.out_dir = out_dir
+        note_written(out_dir / "wandb")  # wandb.init(dir=out_dir) makes it
         name, group = run_identity(cfg)
         kwargs = dict(project=self.project, entity=self.entity, name=self.name or name,
                       group=self.group or group, tags=self.tags, dir=str(out_dir),

@@ -28,7 +28,7 @@ from torch import nn
 
 from metalearn import safety
 from metalearn.engine.distributed import World
-from metalearn.engine.io import disk_errors
+from metalearn.engine.io import disk_errors, note_written
 from metalearn.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ def save(state: dict[str, Any], path: Path, keep_previous: bool = False) -> None
                 f.flush()
                 os.fsync(f.fileno())
             if keep_previous and path.exists():
+                note_written(path.with_suffix(".prev.pt"))  # before: a kill between leaves it listed
                 os.replace(path, path.with_suffix(".prev.pt"))
+            note_written(path)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -8,6 +8,7 @@ the caller sees one `DiskError` (exit code 74, docs/faults.md) instead.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,3 +69,32 @@ def write_text(path: Path, text: str) -> None:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+MANIFEST = "manifest.json"
+
+
+def note_written(path: Path) -> None:
+    """Add `path` (a file or folder directly in a run directory) to that run's manifest, if the
+    directory has one: `overwrite=true` later deletes what the manifest lists and nothing else,
+    so a user's own file of the same name is never taken for the run's."""
+    manifest = path.parent / MANIFEST
+    if not manifest.is_file():
+        return  # not a run directory the project set up (or an older run's): nothing to claim
+    names = read_manifest(path.parent)
+    if names is None or path.name in names:
+        return
+    write_text(manifest, json.dumps({"written_by": "metalearn", "files": [*names, path.name]},
+                                    indent=1))
+
+
+def read_manifest(run_dir: Path) -> list[str] | None:
+    """The names the run in `run_dir` wrote; None if there is no manifest or it is not one."""
+    try:
+        data = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return files

@@ -187,6 +187,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
                                            source=found[1])
         if world.is_main:
             io.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            io.note_written(out_dir / "config.yaml")
 
         # 3. build: data, learner, optimizer; the state a checkpoint holds
         tc = cfg.trainer
@@ -336,6 +337,7 @@ def _test(cfg: DictConfig, state: checkpoint.TrainingState, data: FewShotDataset
     logger.summary(results)
     if world.is_main:
         io.write_text(out_dir / "results.json", json.dumps(results, indent=2))
+        io.note_written(out_dir / "results.json")
         log.info(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
              f"({tc.test_episodes} episodes), best val {100 * state.best_val_acc:.2f}% at "
              f"iteration {state.best_iteration}; results in {out_dir}")

@@ -1,11 +1,13 @@
 """One writer per run directory, and no run silently written over another.
 
-`claim(run_dir)` holds `run.lock` (owner PID and host) while a run writes there: a second run
-into the same directory is refused; a lock whose owner died on this host (a crash, kill -9) is
-taken over with a warning. `prepare(run_dir, ...)` refuses a directory that already holds a
-metalearn run unless the run is resumed or `overwrite=true` asks to start over, which removes
-the old run's files first. Hydra's own files (`.hydra/`, `<job>.log`) are not a run: Hydra
-writes them into every run directory before the run starts.
+`claim(run_dir)` holds `run.lock` while a run writes there, touching it as a heartbeat: a second
+run into the same directory is refused; a lock is taken over (atomically: one taker wins) once
+its owner is known dead on this host and PID namespace, or its heartbeat is older than
+METALEARN_LOCK_STALE_S (10 min), wherever the owner ran. `prepare(run_dir, ...)` refuses a
+directory that already holds a metalearn run unless the run is resumed or `overwrite=true`
+asks to start over, which deletes exactly what the old run's `manifest.json` lists. Hydra's
+own files (`.hydra/`, `<job>.log`) are not a run: Hydra writes them into every run directory
+before the run starts.
 """
 from __future__ import annotations
 
@@ -14,12 +16,17 @@ import logging
 import os
 import shutil
 import socket
+import threading
+import time
+import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from metalearn.engine import io
 from metalearn.engine.checkpoint import RESUMABLE, remove_temp_files
+from metalearn.engine.io import MANIFEST, read_manifest
 from metalearn.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -47,82 +54,221 @@ def resolve(resume: object, run_dir: Path) -> Path:
     return Path(resume)
 
 
+STALE_ENV = "METALEARN_LOCK_STALE_S"
+STALE_DEFAULT_S = 600.0
+
+
+def stale_after() -> float:
+    """Seconds without a heartbeat after which a lock counts as its dead owner's, wherever that
+    ran (another node, another PID namespace, a kill -9): METALEARN_LOCK_STALE_S, else 10 min."""
+    try:
+        value = float(os.environ.get(STALE_ENV, STALE_DEFAULT_S))
+    except ValueError:
+        raise ConfigError(f"{STALE_ENV}={os.environ[STALE_ENV]!r}: must be a number of "
+                          f"seconds") from None
+    if not value > 0:
+        raise ConfigError(f"{STALE_ENV}={value:g}: must be > 0")
+    return value
+
+
+def _pid_namespace() -> str | None:
+    # Two containers on one host can share a hostname yet not see each other's PIDs.
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 @contextmanager
 def claim(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir/run.lock` for the block, touching it as a heartbeat so a lock whose owner
+    vanished (wherever it ran) expires after `stale_after()` seconds."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    path, max_age = run_dir / LOCK, stale_after()
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "pidns": _pid_namespace(),
+          "token": uuid.uuid4().hex}  # the token: one process may claim twice (threads, tests)
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = _owner(path)
-            if owner is None or _alive(owner, me["host"]):
-                who = (f"PID {owner['pid']} on {owner['host']}" if owner
-                       else "a run that is starting")
-                raise TrainingError(
-                    f"{run_dir} is in use by {who} (lock file {path}): wait for that run to end "
-                    f"or choose another hydra.run.dir; delete the lock file only if no run "
-                    f"writes there") from None
-            warnings.warn(f"{path}: its owner, PID {owner['pid']} on this host, is gone (a "
-                          f"crash?); taking the run directory over", stacklevel=3)
-            path.unlink(missing_ok=True)  # then retry: another process may take it first
-            continue
+            seen = _look(path)
+            if seen is None:
+                continue  # removed between our open and our look: try again
+            why = _stale(seen, me, max_age)
+            if why is None:
+                raise TrainingError(_busy(run_dir, path, seen, max_age)) from None
+            if _take_away(path, seen):
+                warnings.warn(f"{path}: {why}; taking the run directory over", stacklevel=3)
+            continue  # create anew with O_EXCL: of several takers only one gets it
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(path, me, stop, max_age),
+                            name="run.lock heartbeat", daemon=True)
+    beat.start()
     try:
         yield
     finally:
+        stop.set()
+        beat.join()
         if _owner(path) == me:
             path.unlink(missing_ok=True)
 
 
-def _owner(path: Path) -> dict | None:
+def _heartbeat(path: Path, me: dict, stop: threading.Event, max_age: float) -> None:
+    # A thread, not the training loop: one slow evaluation must not make a live run look dead.
+    while not stop.wait(min(60.0, max(max_age / 10, 0.05))):
+        if _owner(path) != me:
+            log.warning("%s is no longer this run's (taken over or removed while the run was "
+                        "stalled?): another run may write to %s too", path, path.parent)
+            return
+        try:
+            os.utime(path)
+        except OSError:
+            pass  # the next beat tries again; the owner check above reports a lost lock
+
+
+def _look(path: Path) -> tuple[os.stat_result, bytes] | None:
     try:
-        owner = json.loads(path.read_text())
-        return owner if isinstance(owner, dict) and {"pid", "host"} <= owner.keys() else None
-    except (OSError, ValueError):  # gone, or being written by a run that is starting
+        with open(path, "rb") as f:
+            return os.fstat(f.fileno()), f.read(4096)
+    except FileNotFoundError:
         return None
 
 
-def _alive(owner: dict, host: str) -> bool:
-    """True unless the owner is known to be dead: on another host it cannot be checked."""
-    if owner["host"] != host:
-        return True
+def _parse(raw: bytes) -> dict | None:
+    try:
+        owner = json.loads(raw)
+    except ValueError:
+        return None
+    return owner if isinstance(owner, dict) and {"pid", "host"} <= owner.keys() else None
+
+
+def _stale(seen: tuple[os.stat_result, bytes], me: dict, max_age: float) -> str | None:
+    """Why the lock seen is stale, or None while its owner may be alive."""
+    st, raw = seen
+    age = time.time() - st.st_mtime
+    if age > max_age:
+        return f"no heartbeat for {age:.0f}s (more than {max_age:g}s: its owner is gone)"
+    owner = _parse(raw)
+    if owner is None:
+        return None  # empty or unreadable: a run may be starting; it expires by age
+    if (owner["host"] == me["host"] and owner.get("pidns") is not None
+            and owner.get("pidns") == me["pidns"] and not _alive(owner)):
+        return f"its owner, PID {owner['pid']} on this host, is gone (a crash?)"
+    return None
+
+
+def _take_away(path: Path, seen: tuple[os.stat_result, bytes]) -> bool:
+    """Rename the stale lock `seen` out of the way; False if what was renamed turns out to be
+    a newer lock (another taker was faster), which is put back."""
+    aside = path.with_name(f"{LOCK}.stale.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(path, aside)  # atomic: of two takers, one renames each file at most once
+    except FileNotFoundError:
+        return False
+    now = _look(aside)
+    same = now is not None and now[1] == seen[1] and \
+        (now[0].st_ino, now[0].st_mtime_ns) == (seen[0].st_ino, seen[0].st_mtime_ns)
+    if not same:
+        try:
+            os.link(aside, path)  # no clobbering: if a third run holds it now, it keeps it
+        except OSError:
+            pass
+    aside.unlink(missing_ok=True)
+    return same
+
+
+def _busy(run_dir: Path, path: Path, seen: tuple[os.stat_result, bytes], max_age: float) -> str:
+    owner = _parse(seen[1])
+    who = (f"PID {owner['pid']} on {owner['host']}" if owner else
+           "a run that is starting (or an unreadable lock file)")
+    age = max(0.0, time.time() - seen[0].st_mtime)
+    return (f"{run_dir} is in use by {who} (lock file {path}, last heartbeat {age:.0f}s ago; "
+            f"stale after {max_age:g}s, {STALE_ENV}): wait for that run to end or choose another "
+            f"hydra.run.dir; if no process uses it, clear it with: rm {path}")
+
+
+def _owner(path: Path) -> dict | None:
+    try:
+        return _parse(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _alive(owner: dict) -> bool:
+    """False only if the owner's PID (in our PID namespace) is known to be gone."""
     try:
         os.kill(int(owner["pid"]), 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, another user's
+    except (PermissionError, ValueError, TypeError, OverflowError):  # another user's; garbage
         return True
     return True
 
 
 def existing_run(run_dir: Path) -> list[Path]:
-    """The files of a metalearn run in `run_dir` (nothing of Hydra's)."""
-    found = [run_dir / n for n in RUN_FILES + RUN_DIRS if (run_dir / n).exists()]
-    return found + [p for g in RUN_GLOBS for p in sorted(run_dir.glob(g))]
+    """What looks like a metalearn run's in `run_dir` (nothing of Hydra's): what its manifest
+    lists, and files by the names a run writes (a run from before manifests, or a user's)."""
+    listed = [run_dir / n for n in read_manifest(run_dir) or () if _inside(run_dir, n)]
+    named = [run_dir / n for n in RUN_FILES + RUN_DIRS] + \
+        [p for g in RUN_GLOBS for p in sorted(run_dir.glob(g))]
+    return [p for p in dict.fromkeys(listed + named) if p.exists() or p.is_symlink()]
+
+
+def _inside(run_dir: Path, name: str) -> bool:
+    # One plain name per entry: a manifest edited (or shipped) to reach ../ or /home is refused.
+    return bool(name) and name not in (".", "..", MANIFEST, LOCK) and "/" not in name \
+        and "\\" not in name and "\0" not in name and (run_dir / name).parent == run_dir
 
 
 def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Make `run_dir` ready for this run (called by the lock holder): stray temp files go; an
-    earlier run is continued (`resume`), removed (`overwrite`) or protected (refused)."""
+    earlier run is continued (`resume`), removed (`overwrite`) or protected (refused). Then
+    `manifest.json` records what this run writes (io.note_written), for a later overwrite."""
     if resume and overwrite:
         raise ConfigError("resume and overwrite=true contradict each other: drop one")
     remove_temp_files(run_dir)
     found = existing_run(run_dir)
-    if resume or not found:
-        return
-    if not overwrite:
-        what = ("a finished run (results.json)" if (run_dir / "results.json").exists() else
-                "a resumable run" if any((run_dir / n).exists()
-                                         for n in (*RESUMABLE, *ONLINE_STATE)) else
-                "files of an earlier run")
-        raise ConfigError(f"{run_dir} holds {what}: continue it with resume=true (or resume="
-                          f"auto), start it over with overwrite=true (deletes "
-                          f"{', '.join(p.name for p in found)}), or choose another hydra.run.dir")
+    if found and not resume:
+        if not overwrite:
+            what = ("a finished run (results.json)" if (run_dir / "results.json").exists() else
+                    "a resumable run" if any((run_dir / n).exists()
+                                             for n in (*RESUMABLE, *ONLINE_STATE)) else
+                    "files of an earlier run")
+            raise ConfigError(f"{run_dir} holds {what}: continue it with resume=true (or resume="
+                              f"auto), start it over with overwrite=true (deletes what that run "
+                              f"wrote), or choose another hydra.run.dir")
+        _remove_earlier_run(run_dir, found)
+    if not (run_dir / MANIFEST).exists():
+        io.write_text(run_dir / MANIFEST, json.dumps({"written_by": "metalearn", "files": []}))
+
+
+def _remove_earlier_run(run_dir: Path, found: list[Path]) -> None:
+    """Delete exactly what the earlier run's manifest lists, after checking all of it."""
+    names = read_manifest(run_dir)
+    if names is None:
+        state = "an unreadable manifest.json" if (run_dir / MANIFEST).exists() else \
+            "no manifest.json (a run from an older metalearn, or files of your own)"
+        raise ConfigError(
+            f"overwrite=true: {run_dir} holds {', '.join(p.name for p in found)} but {state}, "
+            f"so what the project wrote cannot be told from yours; nothing was deleted. Remove "
+            f"the old run's files by hand (e.g. cd {run_dir} && rm -r "
+            f"{' '.join(p.name for p in found)}) or choose another hydra.run.dir")
+    bad = [n for n in names if not _inside(run_dir, n)]
+    if bad:
+        raise ConfigError(f"overwrite=true: {run_dir / MANIFEST} lists {bad[0]!r}, not a name "
+                          f"inside the run directory; nothing was deleted. Remove the old run's "
+                          f"files by hand or choose another hydra.run.dir")
+    targets = [run_dir / n for n in names if (run_dir / n).exists() or (run_dir / n).is_symlink()]
+    links = [p for p in targets if p.is_symlink()]
+    for p in links:  # a user's link (e.g. wandb/ on another disk): not ours to follow or cut
+        log.warning("overwrite=true: keeping %s, a symlink to %s (what it points to is not "
+                    "this run's to delete)", p, os.readlink(p))
+    gone = [p for p in targets if p not in links]
     log.warning("overwrite=true: removing the earlier run's %s from %s",
-                ", ".join(p.name for p in found), run_dir)
-    for p in found:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+                ", ".join(p.name for p in gone) or "(nothing left)", run_dir)
+    for p in gone:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    (run_dir / MANIFEST).unlink()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from metalearn import safety
 from metalearn.config_check import validate
 from metalearn.data.episodes import Preprocess
-from metalearn.engine import checkpoint, rundir
+from metalearn.engine import checkpoint, io, rundir
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, seed_everything
 from metalearn.engine.progress import line_every
@@ -125,6 +125,7 @@ def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
     oc, t = cfg.online, cfg.task
     out_dir.mkdir(parents=True, exist_ok=True)
+    io.note_written(out_dir / "config.yaml")
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     device = resolve_device(cfg.device)
     buffer, spec = _make(oc.buffer), _make(oc.stream)
@@ -140,6 +141,7 @@ def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
     split = data.splits()[spec.split]
     shots_drawn = max(t.shots, eff.max_shots or 0)
     stream: TaskStream = spec.draw(split, t.ways, shots_drawn, t.query, cfg.seed)
+    io.note_written(out_dir / "stream.json")
     (out_dir / "stream.json").write_text(json.dumps(
         {**stream.to_json(split), "left_out": getattr(spec, "left_out", [])}))
     probes = None
@@ -260,7 +262,9 @@ def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
         logger.log(len(stream), {k: v for k, v in results.items()
                                  if k.startswith("forgetting/")})
         logger.summary(results)
+        io.note_written(out_dir / "results.json")
         (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+        io.note_written(out_dir / "online_curve.png")
         from metalearn.online.plot import curve  # matplotlib only once there is a curve to draw
         curve(out_dir / "online_curve.png", hist["acc"], stream,
               title=f"{type(learner).__name__}: {cfg.task.ways}-way {cfg.task.shots}-shot")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metalearn.engine import checkpoint
+from metalearn.engine import checkpoint, io, rundir
 from metalearn.engine.loop import train
 from metalearn.errors import ConfigError, TrainingError
 from tests.conftest import FAST, ROOT, compose_cfg
@@ -104,9 +104,11 @@ def test_a_file_from_another_program_or_version_is_named_as_such(copy):
 
 
 def test_a_busy_run_directory_is_refused_and_a_dead_owners_lock_taken_over(copy):
+    here = {"host": socket.gethostname(), "pidns": rundir._pid_namespace()}
     with subprocess.Popen(["sleep", "60"]) as alive:
-        (copy / "run.lock").write_text(json.dumps({"pid": alive.pid, "host": socket.gethostname()}))
-        with pytest.raises(TrainingError, match=rf"{copy} is in use by PID {alive.pid} on "):
+        (copy / "run.lock").write_text(json.dumps({"pid": alive.pid, **here}))
+        with pytest.raises(TrainingError, match=rf"{copy} is in use by PID {alive.pid} on .*"
+                                                rf"clear it with: rm {copy / 'run.lock'}"):
             train(compose_cfg(*TINY, "resume=true"), copy)
         alive.kill()
     (copy / "run.lock").write_text(json.dumps({"pid": alive.pid, "host": "elsewhere"}))
@@ -114,7 +116,7 @@ def test_a_busy_run_directory_is_refused_and_a_dead_owners_lock_taken_over(copy)
         train(compose_cfg(*TINY, "resume=true"), copy)
     assert json.loads((copy / "run.lock").read_text())["host"] == "elsewhere"  # left alone
 
-    (copy / "run.lock").write_text(json.dumps({"pid": alive.pid, "host": socket.gethostname()}))
+    (copy / "run.lock").write_text(json.dumps({"pid": alive.pid, **here}))
     (copy / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # a kill mid-save left it
     with pytest.warns(UserWarning, match=rf"PID {alive.pid} on this host, is gone"):
         train(compose_cfg(*TINY, "resume=true"), copy)  # finished: only re-tests best.pt
@@ -132,6 +134,7 @@ def test_a_finished_or_resumable_run_is_kept_unless_overwrite(copy):
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == \
         {k: v for k, v in before.items() if k != "results.json"}
 
+    io.note_written(copy / "eval-test-5w1s2q-6ep-best.json")  # as metalearn-eval records it
     (copy / "eval-test-5w1s2q-6ep-best.json").write_text("{}")  # scored the old weights
     (copy / ".hydra").mkdir()  # Hydra's, written before train() runs: not the old run's
     results = train(compose_cfg(*TINY, "seed=1", "trainer.iterations=1", "overwrite=true"), copy)
