@@ -6,9 +6,11 @@ with the run's settings it reproduces its `results.json`. Options: metalearn/con
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
 from metalearn import safety
@@ -28,7 +31,7 @@ from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, samplers, seed_everything
 from metalearn import threads
 from metalearn.errors import ConfigError
-from metalearn.train import hydra_raises, report
+from metalearn.train import hydra_raises, report, say
 
 log = logging.getLogger("metalearn.evaluate")
 
@@ -48,13 +51,38 @@ def load_run(run_dir: Path, which: str, device: str | None = None
     return cfg, data, algo, where
 
 
+class Progress:
+    """Logs every `every` episodes (a 2,000-episode evaluation on CPU runs for minutes)."""
+
+    def __init__(self, total: int, every: int) -> None:
+        self.total, self.every, self.logged = total, max(1, every), 0
+        self.start = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        if done // self.every > self.logged // self.every or done == self.total:
+            self.logged = done
+            spent = time.monotonic() - self.start
+            left = spent / done * (self.total - done)
+            log.info(f"episodes {done}/{self.total} ({spent:.0f} s, ~{left:.0f} s left)")
+
+
+def dataset_tag(name: str, dataset: DictConfig) -> str:
+    """`name` and a short hash of the whole dataset config: two image folders under one
+    dataset name write two result files instead of one overwriting the other."""
+    cfg = OmegaConf.to_container(dataset, resolve=True)
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{name}-{digest[:8]}"
+
+
 def score(cfg: DictConfig, data: FewShotDataset, algo: MetaLearner, split: str, episodes: int,
-          ways: int, shots: int, query: int, device: torch.device) -> dict[str, float]:
+          ways: int, shots: int, query: int, device: torch.device,
+          progress: Progress | None = None) -> dict[str, float]:
     """Accuracy ± 95% CI on `episodes` fixed tasks of `data`'s `split`."""
     algo.check_ways(ways)
     sampler = samplers(cfg, data, device, ways=ways, shots=shots, query=query)[split]
     tc = cfg.trainer
-    return evaluate(algo, sampler, episodes, tc.eval_batch_size, tc.eval_seed)
+    return evaluate(algo, sampler, episodes, tc.eval_batch_size, tc.eval_seed,
+                    progress=progress)
 
 
 def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str, Any]:
@@ -65,6 +93,8 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
     if which not in ("best", "last") or split not in ("test", "val"):
         raise ConfigError(f"checkpoint={which} split={split}: checkpoint must be best or last, "
                           f"split must be test or val")
+    if OmegaConf.is_missing(ecfg, "run_dir"):
+        raise ConfigError(NO_RUN_DIR)
     run_dir = Path(ecfg.run_dir)
     threads.apply(ecfg.get("threads", "auto"))
     log.info("evaluating %s (%s checkpoint, %s split), %s", run_dir, which, split,
@@ -73,26 +103,30 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
     t = ecfg.task
     ways, shots, query = t.ways or cfg.task.ways, t.shots or cfg.task.shots, t.query or cfg.task.query
     episodes = ecfg.episodes or cfg.trainer.test_episodes
+    progress = Progress(episodes, ecfg.get("log_every") or 100)
     tag = split
+    extra: dict[str, Any] = {}
     if ecfg.get("dataset") is not None:
         name = dataset_name or "dataset"
         domains = cross_domains(cfg, {name: OmegaConf.to_container(ecfg.dataset)})
         found = evaluate_domains(algo, cfg, domains, data, device, episodes=episodes, ways=ways,
-                                 shots=shots, query=query, split=split)
+                                 shots=shots, query=query, split=split, progress=progress)
         res = {k.rsplit("/", 1)[1]: v for k, v in found.items()}
-        tag = f"{split}-{name}"
+        tag = f"{split}-{dataset_tag(name, ecfg.dataset)}"
+        extra["dataset_config"] = OmegaConf.to_container(ecfg.dataset, resolve=True)
     else:
-        res = score(cfg, data, algo, split, episodes, ways, shots, query, device)
+        res = score(cfg, data, algo, split, episodes, ways, shots, query, device, progress)
     out = {"acc": res["acc"], "acc_ci95": res["acc_ci95"], "loss": res["loss"],
            "episodes": episodes, "split": split, "checkpoint": which, "ways": ways,
            "shots": shots, "query": query, "eval_seed": cfg.trainer.eval_seed,
            "algorithm": cfg.algo._target_, "device": str(device),
-           "dataset": dataset_name or cfg.dataset._target_}
+           "dataset": dataset_name or cfg.dataset._target_, **extra}
     path = run_dir / f"eval-{tag}-{ways}w{shots}s{query}q-{episodes}ep-{which}.json"
     io.note_written(path)
     path.write_text(json.dumps(out, indent=2))
     log.info(f"{split} accuracy {100 * res['acc']:.2f} ± {100 * res['acc_ci95']:.2f}% "
-             f"({episodes} episodes, {ways}-way {shots}-shot, {which} checkpoint); saved {path}")
+             f"({episodes} episodes, {ways}-way {shots}-shot, {which} checkpoint, "
+             f"{time.monotonic() - progress.start:.0f} s); saved {path}")
     return out
 
 
@@ -119,12 +153,28 @@ def app(cfg: DictConfig) -> None:
         sys.exit(code)
 
 
+NO_RUN_DIR = ("no run to evaluate: give run_dir=<a training run's directory>, e.g. "
+              "metalearn-eval run_dir=outputs/runs/<date>/<time>")
+
+
+def _missing_run_dir(e: BaseException | None) -> bool:
+    # Hydra resolves hydra.run.dir=${run_dir} before the app runs: the error is its traceback
+    while e is not None:
+        if isinstance(e, MissingMandatoryValue) and "run_dir" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def main() -> None:
     """Run the app; what a user can fix is one `error:` line and exit code 2 (as train.py)."""
     try:
         with hydra_raises():
             app()
     except Exception as e:
+        if _missing_run_dir(e):
+            say(f"error: {NO_RUN_DIR}")
+            sys.exit(2)
         code = report(e)
         if code is None:
             raise

@@ -8,7 +8,10 @@
 Images go through the preprocessing the model was trained with (channels, size, resize filter,
 Omniglot's inversion, mean/std), saved in the checkpoint as plain values. BatchNorm normalises
 the queries with the support set's statistics, so a prediction does not depend on which other
-queries are classified with it (README, "Prediction").
+queries are classified with it (README, "Prediction"). What that guarantees: the same labels
+and, up to float round-off (~1e-6), the same probabilities whether queries are classified one
+at a time, all together or in batches of any size; bit-identical probabilities are not promised,
+since a matrix product's summation order may change with the number of rows.
 
 The command line (`metalearn-predict RUN SUPPORT QUERY`): SUPPORT is a folder of class folders,
 QUERY a folder of images; writes a CSV of path, predicted label and each class's probability.
@@ -26,7 +29,6 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from PIL import Image
-from torchvision.transforms.functional import to_pil_image
 
 from metalearn import safety
 from metalearn.algorithms.base import Classifier, MetaLearner
@@ -36,7 +38,8 @@ from metalearn.engine import checkpoint
 from metalearn import threads
 from metalearn.errors import ConfigError, DataError, MetalearnError
 
-ImageLike = Union[str, Path, Image.Image, torch.Tensor]
+ImageLike = Union[str, Path, Image.Image, torch.Tensor, np.ndarray]
+BATCH_SIZE = 256  # queries per forward pass: bounds memory (2,000 at 84x84 in one pass took 8 GB)
 
 
 def preprocessing(data: FewShotDataset) -> dict[str, Any]:
@@ -49,8 +52,14 @@ def preprocessing(data: FewShotDataset) -> dict[str, Any]:
 
 
 class Preprocessor:
-    """An image (path, PIL image, or tensor [C, H, W] / [H, W], uint8 or float in [0, 1],
-    pixels as in the image file) -> the normalised float tensor the model was trained on."""
+    """An image -> the normalised float tensor the model was trained on.
+
+    An image is a path, a PIL image (any mode, 1-bit included), a tensor [C, H, W] / [H, W] or
+    a numpy array [H, W, C] / [H, W] (each the layout its library uses). Array and tensor values
+    are pixels as in the image file: uint8 in 0..255, bool (a 1-bit image), or float in [0, 1]
+    (uint8 / 255, what `to_tensor` gives). A float is never taken as already normalised: the
+    model's mean/std are applied here, so values outside [0, 1] are refused rather than guessed at.
+    """
 
     def __init__(self, prep: dict[str, Any]) -> None:
         self.prep = prep
@@ -59,8 +68,8 @@ class Preprocessor:
 
     def __call__(self, image: ImageLike) -> torch.Tensor:
         p = self.prep
-        if isinstance(image, torch.Tensor):
-            image = to_pil_image(image)
+        if isinstance(image, (torch.Tensor, np.ndarray)):
+            image = _array_to_pil(image)
         elif not isinstance(image, Image.Image):
             try:
                 with Image.open(image) as im:
@@ -84,6 +93,38 @@ class Preprocessor:
         return torch.stack([self(im) for im in images])
 
 
+def _array_to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
+    """A tensor [C, H, W] / [H, W] or array [H, W, C] / [H, W] of file pixels -> a PIL image."""
+    kind = "tensor" if isinstance(image, torch.Tensor) else "array"
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        image = (image.permute(1, 2, 0) if image.dim() == 3 else image).numpy()
+    x = np.asarray(image)
+    layout = "[C, H, W] or [H, W]" if kind == "tensor" else "[H, W, C] or [H, W]"
+    if x.ndim == 3 and x.shape[2] == 1:
+        x = x[:, :, 0]
+    if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[2] not in (3, 4)):
+        raise DataError(f"an image {kind} of shape {list(np.asarray(image).shape)}: give one "
+                        f"image as {layout} with 1, 3 or 4 channels")
+    if x.dtype == np.bool_:  # a 1-bit image, e.g. pil_to_tensor of an Omniglot PNG
+        x = x.astype(np.uint8) * 255
+    elif np.issubdtype(x.dtype, np.floating):
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if not (0 <= lo and hi <= 1):  # NaN fails too
+            raise DataError(f"a float image {kind} with values in [{lo:.3g}, {hi:.3g}]: floats are "
+                            f"taken as pixels in [0, 1] (uint8 / 255), the model normalises them "
+                            f"itself; pass the image before normalisation, or as uint8")
+        x = np.rint(x * 255).astype(np.uint8)
+    elif np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > 255):
+            raise DataError(f"an integer image {kind} with values in [{x.min()}, {x.max()}]: "
+                            f"give pixels in 0..255")
+        x = x.astype(np.uint8)
+    else:
+        raise DataError(f"an image {kind} of dtype {x.dtype}: give uint8, bool or float in [0, 1]")
+    return Image.fromarray(np.ascontiguousarray(x))
+
+
 @dataclass
 class Prediction:
     labels: list[Hashable]        # the predicted label of each query, from the support labels
@@ -99,12 +140,21 @@ class AdaptedTask:
         self.classify, self.classes, self.prep = classify, classes, prep
         self.device, self.dtype = device, dtype
 
-    def predict(self, images: Sequence[ImageLike] | ImageLike) -> Prediction:
+    def predict(self, images: Sequence[ImageLike] | ImageLike,
+                batch_size: int = BATCH_SIZE) -> Prediction:
+        """Classify `images` in forward passes of at most `batch_size` queries (bounded
+        memory). Queries are normalised with the support set's statistics, so the batching
+        changes no label and a probability only by float round-off."""
         if isinstance(images, (str, Path, Image.Image)) or (
-                isinstance(images, torch.Tensor) and images.dim() <= 3):
+                isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim <= 3):
             images = [images]
-        x = self.prep.batch(images).to(self.device, self.dtype)
-        probs = self.classify(x).softmax(-1).float().cpu()
+        if batch_size < 1:
+            raise DataError(f"batch_size={batch_size}: give 1 or more queries per batch")
+        if len(images) == 0:
+            raise DataError("no images given")
+        probs = torch.cat([
+            self.classify(self.prep.batch(images[i:i + batch_size]).to(self.device, self.dtype))
+            .softmax(-1).float().cpu() for i in range(0, len(images), batch_size)])
         return Prediction([self.classes[i] for i in probs.argmax(-1).tolist()], probs,
                           list(self.classes))
 
@@ -160,8 +210,8 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def predict_folders(run: Path, support: Path, query: Path, device: str = "cpu"
-                    ) -> tuple[list[Path], Prediction]:
+def predict_folders(run: Path, support: Path, query: Path, device: str = "cpu",
+                    batch_size: int = BATCH_SIZE) -> tuple[list[Path], Prediction]:
     for what, folder in (("support", support), ("query", query)):
         if not folder.is_dir():
             raise DataError(f"{what} folder {folder} does not exist")
@@ -176,7 +226,7 @@ def predict_folders(run: Path, support: Path, query: Path, device: str = "cpu"
     queries = _images(query)
     if not queries:
         raise DataError(f"{query} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return queries, load(run, device).adapt(images, labels).predict(queries)
+    return queries, load(run, device).adapt(images, labels).predict(queries, batch_size)
 
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -209,10 +259,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", default="auto", type=lambda v: v if v == "auto" else int(v),
                         help="torch CPU threads: auto (default: the cores this process may use, "
                         "or OMP_NUM_THREADS if set) or a number")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help=f"queries per forward pass (default {BATCH_SIZE}): lower it if "
+                        "memory runs out; results do not depend on it")
     args = parser.parse_args(argv)
     try:
         threads.apply(args.threads)
-        queries, pred = predict_folders(args.run, args.support, args.query, args.device)
+        queries, pred = predict_folders(args.run, args.support, args.query, args.device,
+                                        args.batch_size)
     except MetalearnError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

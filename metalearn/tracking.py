@@ -98,6 +98,7 @@ class Tracker:
 
     label = "the logger"
     run_id: str | None = None
+    identity: tuple[str | None, str | None] = (None, None)  # (name, group)
 
     def start(self, cfg: DictConfig, out_dir: Path) -> None:
         pass
@@ -156,6 +157,10 @@ class RunLogger:
     def run_id(self) -> str | None:
         return None if self.tracker is None or self.broken else self.tracker.run_id
 
+    @property
+    def identity(self) -> tuple[str | None, str | None]:
+        return (None, None) if self.tracker is None or self.broken else self.tracker.identity
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.metrics_file is None:
             return
@@ -209,6 +214,11 @@ class WandbTracker(Tracker):
     @property
     def run_id(self) -> str | None:  # type: ignore[override]
         return self.run.id if self.run is not None else None
+
+    @property
+    def identity(self) -> tuple[str | None, str | None]:  # type: ignore[override]
+        # saved in the checkpoint: a resumed job's own Hydra choices would name it otherwise
+        return (self.run.name, self.run.group or None) if self.run is not None else (None, None)
 
     def start(self, cfg: DictConfig, out_dir: Path) -> None:
         import wandb
@@ -294,4 +304,7 @@ class WandbTracker(Tracker):
                 run.mark_preempting()
             run.finish(exit_code=exit_code)
         if self.mode == "offline":
-            log.info("W&B run saved offline; upload it with: wandb sync %s", run_dir)
+            # each process of a resumed run writes its own folder under the same id: sync all
+            folders = sorted(run_dir.parent.glob(f"offline-run-*-{run.id}")) or [run_dir]
+            log.info("W&B run saved offline; upload it with: wandb sync %s",
+                     " ".join(str(f) for f in folders))

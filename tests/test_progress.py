@@ -100,3 +100,14 @@ def test_resume_from_another_directory_continues_that_runs_train_log(tmp_path):
     text = (run / "train.log").read_text()
     assert "iteration 2/2 loss" in text and "iteration 4/4 loss" in text  # both parts, one log
     assert not (tmp_path / "outputs").exists()
+
+
+def test_best_val_reads_dash_before_the_first_validation(tmp_path):
+    from metalearn.engine.loop import train
+    from tests.conftest import FAST
+
+    with _captured_log() as stream:
+        train(compose_cfg(*FAST, "trainer.iterations=2", "trainer.log_every=1"), tmp_path)
+    lines = [ln for ln in stream.getvalue().splitlines() if "best_val " in ln]
+    assert "best_val -" in lines[0]  # iteration 1: nothing validated yet
+    assert "best_val 0.000" not in stream.getvalue()

@@ -67,6 +67,8 @@ class TrainingState:
     skipped_steps: int = 0
     train_time_s: float = 0.0  # before this process started
     wandb_run_id: str | None = None
+    wandb_name: str | None = None   # the run's W&B name and group, kept by a resume
+    wandb_group: str | None = None
     metrics_bytes: int = 0  # metrics.jsonl up to this checkpoint; a resume cuts the rest
     started: float = field(default_factory=time.time)
     saved_iteration: int | None = None  # what last.pt holds (not saved): what a stop may promise
@@ -80,6 +82,7 @@ class TrainingState:
                 "iteration": self.iteration, "best_val_acc": self.best_val_acc,
                 "best_iteration": self.best_iteration, "skipped_steps": self.skipped_steps,
                 "train_time_s": self.elapsed(), "wandb_run_id": self.wandb_run_id,
+                "wandb_name": self.wandb_name, "wandb_group": self.wandb_group,
                 "metrics_bytes": self.metrics_bytes, "config": self.config,
                 "preprocessing": self.preprocessing,
                 "rng": self.world.gather(rng_state(self.generators))}  # every rank's streams
@@ -92,6 +95,7 @@ class TrainingState:
         self.best_iteration, self.skipped_steps = state["best_iteration"], state["skipped_steps"]
         self.train_time_s, self.started = state["train_time_s"], time.time()
         self.wandb_run_id, self.metrics_bytes = state["wandb_run_id"], state["metrics_bytes"]
+        self.wandb_name, self.wandb_group = state.get("wandb_name"), state.get("wandb_group")
         self.saved_iteration = state["iteration"]
         if len(state["rng"]) == self.world.size:
             restore_rng(state["rng"][self.world.rank], self.generators)
@@ -133,6 +137,20 @@ def remove_temp_files(run_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def _not_torch_file(path: Path) -> TrainingError | None:
+    """A file torch.save never wrote (metrics.jsonl, config.yaml, an image) is no checkpoint at
+    all: "corrupt ... delete it" would send the user to delete their own file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # zip (torch >= 1.6) or a pickle's PROTO
+        return None
+    return TrainingError(f"{path} is not a checkpoint (not a file torch.save wrote): give a "
+                         f".pt checkpoint such as last.pt or best.pt, or a run directory")
+
+
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A metalearn checkpoint, read as data only. Raises ForeignCheckpoint for anything else."""
     try:
@@ -142,7 +160,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     except pickle.UnpicklingError as e:  # torch's weights-only unpickler refused it
         imported = re.search(r"GLOBAL (\S+)", str(e))
         if imported is None:
-            raise TrainingError(f"checkpoint {path} is corrupt or truncated (not a readable "
+            raise _not_torch_file(path) or TrainingError(f"checkpoint {path} is corrupt or truncated (not a readable "
                                 f"pickle); delete it or use another checkpoint") from None
         raise ForeignCheckpoint(
             f"refusing to load {path}: it holds more than tensors and plain values (it imports "
@@ -150,7 +168,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
             f"delete it, or start a new run elsewhere") from None
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise TrainingError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
+        raise _not_torch_file(path) or TrainingError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
                             f"{first}); delete it or use another checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = (f"a dict with keys {', '.join(map(str, list(state)[:5]))}"
@@ -237,6 +255,9 @@ def resume_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str] |
     if state.get("wandb_run_id") and "run_id" in cfg.logger and not cfg.logger.run_id:
         with open_dict(cfg):
             cfg.logger.run_id = state["wandb_run_id"]  # same W&B run, resume="allow"
+            for key in ("name", "group"):  # not renamed after the resumed job's own choices
+                if key in cfg.logger and not cfg.logger[key] and state.get(f"wandb_{key}"):
+                    cfg.logger[key] = state[f"wandb_{key}"]
     return cfg
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.resources
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -41,8 +41,10 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 def evaluate(algo: MetaLearner, sampler: EpisodeSampler, episodes: int, batch_size: int,
              seed: int, world: World | None = None,
-             preprocess: Preprocess | None = None) -> dict[str, float]:
+             preprocess: Preprocess | None = None,
+             progress: Callable[[int], None] | None = None) -> dict[str, float]:
     """Accuracy over `episodes` tasks; the same `seed` always gives the same tasks.
+    `progress(done)` is called after each batch with the episodes drawn so far.
 
     Under torchrun each rank adapts to every world.size-th batch, but draws all of them: the
     episodes, and so the result, do not depend on the number of processes. `preprocess` turns
@@ -64,6 +66,8 @@ def evaluate(algo: MetaLearner, sampler: EpisodeSampler, episodes: int, batch_si
                 m = algo.evaluate(preprocess(batch))
                 accs[start : start + len(batch)] = m.acc.float().cpu()
                 losses[start : start + len(batch)] = m.loss.float().cpu()
+            if progress is not None:
+                progress(start + len(batch))
     algo.train(was_training)
     # each episode was scored by exactly one rank, the others hold 0: the sum is exact
     accs, losses = world.sum(accs), world.sum(losses)
@@ -141,7 +145,8 @@ def evaluate_domains(algo: MetaLearner, cfg: DictConfig, domains: Mapping[str, A
                      world: World | None = None, preprocess: Preprocess | None = None,
                      episodes: int | None = None, ways: int | None = None,
                      shots: int | None = None, query: int | None = None,
-                     split: str = "test") -> dict[str, float]:
+                     split: str = "test",
+                     progress: Callable[[int], None] | None = None) -> dict[str, float]:
     """Score `algo` on the `split` of each domain (name -> dataset config or FewShotDataset).
 
     Each domain's images are mapped to `train_data`'s shape and normalised with its statistics
@@ -160,7 +165,7 @@ def evaluate_domains(algo: MetaLearner, cfg: DictConfig, domains: Mapping[str, A
         sampler = EpisodeSampler(mapped, ways or t.ways, shots or t.shots, query or t.query,
                                  train_data.mean, train_data.std, device=where)
         res = evaluate(algo, sampler, episodes or tc.test_episodes, tc.eval_batch_size,
-                       tc.eval_seed, world, preprocess)
+                       tc.eval_seed, world, preprocess, progress)
         out.update({f"{split}/{name}/acc": res["acc"], f"{split}/{name}/acc_ci95": res["acc_ci95"],
                     f"{split}/{name}/loss": res["loss"]})
     return out

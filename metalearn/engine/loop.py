@@ -241,6 +241,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
 def _save(state: checkpoint.TrainingState, logger: RunLogger, out_dir: Path, best: bool) -> None:
     """After the iteration's log lines, so a resume cuts metrics.jsonl right there."""
     state.wandb_run_id, state.metrics_bytes = logger.run_id, logger.metrics_offset
+    state.wandb_name, state.wandb_group = logger.identity
     saved = state.state_dict()  # on every rank: it gathers their RNG streams
     if state.world.is_main:
         if best:
@@ -289,7 +290,7 @@ def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
         if scheduler is not None:  # the schedule follows iterations, skipped or not
             scheduler.step()
         bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}",
-                        best_val=f"{max(state.best_val_acc, 0):.3f}")
+                        best_val=f"{state.best_val_acc:.3f}" if state.best_val_acc >= 0 else "-")
         if it % tc.log_every == 0 or it == 1:
             logger.log(it, {"train/loss": loss, "train/acc": acc, "train/grad_norm": grad_norm,
                             "train/lr": opt.param_groups[0]["lr"]})
@@ -329,7 +330,7 @@ def _test(cfg: DictConfig, state: checkpoint.TrainingState, data: FewShotDataset
                "best_val_acc": state.best_val_acc, "best_iteration": state.best_iteration,
                "iterations": tc.iterations, "skipped_steps": state.skipped_steps,
                "world_size": world.size, "train_time_s": train_time,
-               "wall_time_s": time.time() - state.started, "device": str(device),
+               "wall_time_s": state.elapsed(), "device": str(device),  # all processes, as train
                **provenance(device)}
     cross = evaluate_domains(algo, cfg, cross_domains(cfg), data, device, world, prep)
     results.update(cross)  # flat test/<domain>/acc keys (eval.datasets)

@@ -54,3 +54,36 @@ def test_other_ways_work_for_protonet_and_are_a_config_error_for_maml(tmp_path):
     with pytest.raises(ConfigCompositionException, match="Could not override 'shots'"):
         script.run([f"run_dir={tmp_path}/maml", "shots=3"])
     assert not (tmp_path / "maml" / ".hydra").exists()  # the run's own Hydra files stay as they were
+
+
+def test_evaluation_logs_progress_and_keeps_each_image_folders_result(tmp_path, caplog):
+    train(compose_cfg(*FAST, "dataset.image_size=12", "backbone.hidden=8",
+                      "trainer.iterations=1", "algorithm=protonet"), tmp_path)
+    caplog.set_level("INFO", logger="metalearn.evaluate")
+    script.run([f"run_dir={tmp_path}", "episodes=9", "log_every=3"])  # 3 batches of 3
+    lines = [r.getMessage() for r in caplog.records]
+    assert [ln.split(" (")[0] for ln in lines if ln.startswith("episodes ")] == [
+        "episodes 3/9", "episodes 6/9", "episodes 9/9"]
+    assert lines[-1].startswith("test accuracy") and "saved" in lines[-1]
+    # two "folders" under one dataset name: two files, each naming its config
+    for seed in (1, 2):
+        script.run([f"run_dir={tmp_path}", "dataset=synthetic", "dataset.image_size=12",
+                    f"dataset.seed={seed}"])
+    found = sorted(tmp_path.glob("eval-test-synthetic-*-5w1s2q-6ep-best.json"))
+    assert len(found) == 2
+    assert {json.loads(p.read_text())["dataset_config"]["seed"] for p in found} == {1, 2}
+    # the same config again: the same (stable) name
+    script.run([f"run_dir={tmp_path}", "dataset=synthetic", "dataset.image_size=12",
+                "dataset.seed=1"])
+    assert sorted(tmp_path.glob("eval-test-synthetic-*.json")) == found
+
+
+def test_no_run_dir_is_one_error_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["metalearn-eval", "episodes=3"])
+    with pytest.raises(SystemExit) as e:
+        script.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {script.NO_RUN_DIR}"] and "run_dir=<a training run's directory>" in err[0]
+    with pytest.raises(ConfigError, match="run_dir=<a training run's directory>"):
+        script.run(["episodes=3"])

@@ -5,8 +5,10 @@ import csv
 import pytest
 import torch
 from hydra.utils import instantiate
-from torchvision.transforms.functional import to_pil_image
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
+from metalearn import inference
 from metalearn.engine import checkpoint
 from metalearn.engine.loop import train
 from metalearn.errors import DataError
@@ -122,3 +124,71 @@ def test_cli_predicts_a_folder_from_a_trained_run(tmp_path, capsys):
         main([str(run), str(tmp_path / "nowhere"), str(tmp_path / "query")])
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: support folder")
+
+
+def test_numpy_arrays_and_1bit_images_give_the_same_prediction():
+    """Each library's layout and dtype: numpy [H, W] / [H, W, C] uint8 or float, and the bool
+    tensor `pil_to_tensor` makes of a 1-bit (Omniglot) PNG."""
+    data = synthetic()
+    support, labels, queries = task(data)
+    m = model("protonet", data)
+    n = len(support)
+    images = support + queries
+    want = m.adapt(support, labels).predict(queries).probabilities
+    for arrays in ([x[0].numpy() for x in images], [x.permute(1, 2, 0).numpy() for x in images],
+                   [x[0].numpy() / 255 for x in images],
+                   [x[0].numpy().astype("float32") / 255 for x in images]):
+        got = m.adapt(arrays[:n], labels).predict(arrays[n:]).probabilities
+        assert torch.allclose(got, want, atol=1e-6)
+    # 1-bit: PIL mode "1", its bool tensor and the same pixels as uint8 0/255 agree
+    bits = [(x[0] > 127).numpy() for x in images]
+    one_bit = [Image.fromarray(b) for b in bits]
+    assert one_bit[0].mode == "1"
+    want = m.adapt([torch.from_numpy(b).to(torch.uint8)[None] * 255 for b in bits[:n]],
+                   labels).predict([torch.from_numpy(b).to(torch.uint8)[None] * 255
+                                    for b in bits[n:]]).probabilities
+    for imgs in (one_bit, [pil_to_tensor(im) for im in one_bit], bits):
+        assert torch.allclose(m.adapt(imgs[:n], labels).predict(imgs[n:]).probabilities, want)
+    assert pil_to_tensor(one_bit[0]).dtype == torch.bool
+
+
+def test_already_normalised_floats_are_refused_in_one_line():
+    data = synthetic()
+    support, labels, _ = task(data)
+    m = model("protonet", data)
+    mean, std = data.mean[0], data.std[0]
+    normalised = [(x.float() / 255 - mean) / std for x in support]
+    for images in (normalised, [x[0].numpy() for x in normalised]):
+        with pytest.raises(DataError, match=r"taken as pixels in \[0, 1\].*before normalisation"
+                           ) as e:
+            m.adapt(images, labels)
+        assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match="shape"):
+        m.adapt([torch.zeros(2, 1, SIZE, SIZE)] * 10, labels)
+
+
+def test_queries_are_classified_in_batches_with_the_unbatched_result(monkeypatch):
+    """Bounded memory: at most batch_size queries per forward pass; the batching changes no
+    label and the probabilities only by float round-off."""
+    data = synthetic()
+    support, labels, queries = task(data, query=5)  # 25 queries
+    adapted = model("maml", data).adapt(support, labels)
+    sizes = []
+    classify = adapted.classify
+    adapted.classify = lambda x: (sizes.append(len(x)), classify(x))[1]
+    whole = adapted.predict(queries, batch_size=len(queries))
+    assert sizes == [25]
+    sizes.clear()
+    batched = adapted.predict(queries, batch_size=4)
+    assert sizes == [4] * 6 + [1]
+    assert batched.labels == whole.labels
+    assert torch.allclose(batched.probabilities, whole.probabilities, atol=1e-6)
+    sizes.clear()
+    adapted.predict(queries * 20)  # 500 queries, the default batch size
+    assert max(sizes) == inference.BATCH_SIZE < 500
+    # the command line passes its --batch-size through
+    seen = {}
+    monkeypatch.setattr(inference, "predict_folders",
+                        lambda *a: seen.setdefault("args", a) and ([], whole))
+    main(["run", "support", "query", "--batch-size", "7", "-o", "/dev/null"])
+    assert seen["args"][-1] == 7

@@ -200,18 +200,54 @@ def test_an_absurd_inner_lr_stops_with_one_clear_line(tmp_path):
     assert lines[-1].startswith("error: meta-loss or meta-gradient was NaN/Inf for 2 iterations")
 
 
-def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, caplog):
     from tests.wandb_files import read_run
 
     run = tmp_path / "run"
-    train(compose_cfg(*FAST, "logger=wandb", "trainer.iterations=2"), run)
+    # the name and group a preset gave the first job; the resumed job has no preset
+    train(compose_cfg(*FAST, "logger=wandb", "trainer.iterations=2",
+                      "logger.name=omniglot_5w1s_cpu", "logger.group=paper"), run)
     first_id = checkpoint.load(run / "last.pt")["wandb_run_id"]
     assert first_id
+    caplog.set_level("INFO", logger="metalearn.tracking")
     train(compose_cfg(*FAST, "logger=wandb", "trainer.iterations=4", "resume=true"), run)
     files = sorted(run.glob("wandb/*run-*/run-*.wandb"))
     assert [f.name for f in files] == [f"run-{first_id}.wandb"] * 2  # resume="allow", same id
     assert checkpoint.load(run / "last.pt")["wandb_run_id"] == first_id
+    for f in files:
+        assert {k: read_run(f)["run"][k] for k in ("id", "name", "group")} == {
+            "id": first_id, "name": "omniglot_5w1s_cpu", "group": "paper"}
+    # the upload command names both folders of the id
+    sync = [r.getMessage() for r in caplog.records if "wandb sync" in r.getMessage()][-1]
+    assert sync.split("wandb sync ", 1)[1].split() == [str(f.parent) for f in files]
     # the resumed part logs only what came after the checkpoint: validation at 4, the test
     history = read_run(files[-1])["history"]
     assert sum("val/acc" in h for h in history) == 1 and any("test/acc" in h for h in history)
     assert sum("val/acc" in h for h in read_run(files[0])["history"]) == 1  # at 2
+
+
+def test_a_file_that_is_no_checkpoint_is_not_called_corrupt(tmp_path):
+    """Deleting a metrics.jsonl given by mistake would lose the user's own data."""
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "train/loss": 1.61}\n')
+    with pytest.raises(TrainingError, match="is not a checkpoint") as e:
+        checkpoint.load(metrics)
+    assert "delete" not in str(e.value) and "corrupt" not in str(e.value)
+    # a checkpoint cut short is still one: corrupt
+    torch.save({"format": checkpoint.FORMAT, "x": torch.zeros(1000)}, tmp_path / "cut.pt")
+    data = (tmp_path / "cut.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TrainingError, match="corrupt or truncated"):
+        checkpoint.load(tmp_path / "cut.pt")
+
+
+def test_results_give_the_whole_runs_train_and_wall_time_after_a_resume(tmp_path):
+    run = tmp_path / "run"
+    train(compose_cfg(*FAST, "trainer.iterations=2"), run)
+    state = checkpoint.load(run / "last.pt")
+    state["train_time_s"] = 1000.0  # a long first process
+    checkpoint.save(state, run / "last.pt")
+    results = train(compose_cfg(*FAST, "trainer.iterations=4", "resume=true"), run)
+    assert 1000 < results["train_time_s"] <= results["wall_time_s"]
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["train_time_s"] <= saved["wall_time_s"]
