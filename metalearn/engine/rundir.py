@@ -79,6 +79,9 @@ def _pid_namespace() -> str | None:
         return None
 
 
+TAKEOVER_STALE_S = 30.0  # a takeover takes milliseconds; one this old was abandoned
+
+
 @contextmanager
 def claim(run_dir: Path) -> Iterator[None]:
     """Hold `run_dir/run.lock` for the block, touching it as a heartbeat so a lock whose owner
@@ -161,23 +164,34 @@ def _stale(seen: tuple[os.stat_result, bytes], me: dict, max_age: float) -> str 
 
 
 def _take_away(path: Path, seen: tuple[os.stat_result, bytes]) -> bool:
-    """Rename the stale lock `seen` out of the way; False if what was renamed turns out to be
-    a newer lock (another taker was faster), which is put back."""
-    aside = path.with_name(f"{LOCK}.stale.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    """Remove the stale lock `seen`, if it is still the one at `path`; False if another taker
+    was first or holds the takeover now.
+
+    Takers go one at a time through `run.lock.takeover` (created with O_EXCL): a rename-aside
+    dance lets a third process create the lock in the window in which a slower taker puts back
+    the fresh lock it had moved, and then two runs hold it. Inside the takeover only the lock
+    still identical to the one judged stale is removed; the new lock is then created with
+    O_EXCL like any other, so of all takers and fresh starters exactly one gets it."""
+    mutex = path.with_name(LOCK + ".takeover")
     try:
-        os.rename(path, aside)  # atomic: of two takers, one renames each file at most once
-    except FileNotFoundError:
-        return False
-    now = _look(aside)
-    same = now is not None and now[1] == seen[1] and \
-        (now[0].st_ino, now[0].st_mtime_ns) == (seen[0].st_ino, seen[0].st_mtime_ns)
-    if not same:
-        try:
-            os.link(aside, path)  # no clobbering: if a third run holds it now, it keeps it
-        except OSError:
+        os.close(os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        try:  # a taker that died inside its few milliseconds of takeover
+            if time.time() - mutex.stat().st_mtime > TAKEOVER_STALE_S:
+                mutex.unlink(missing_ok=True)
+        except FileNotFoundError:
             pass
-    aside.unlink(missing_ok=True)
-    return same
+        time.sleep(0.01)
+        return False
+    try:
+        now = _look(path)
+        same = now is not None and now[1] == seen[1] and \
+            (now[0].st_ino, now[0].st_mtime_ns) == (seen[0].st_ino, seen[0].st_mtime_ns)
+        if same:
+            path.unlink(missing_ok=True)
+        return same
+    finally:
+        mutex.unlink(missing_ok=True)
 
 
 def _busy(run_dir: Path, path: Path, seen: tuple[os.stat_result, bytes], max_age: float) -> str:
