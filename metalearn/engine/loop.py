@@ -152,8 +152,11 @@ def lr_scheduler(cfg: DictConfig, opt: torch.optim.Optimizer, done: int = 0):
 def train(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """`overrides`: the command line's Hydra overrides (under train.py, read from Hydra), which
     `resume=<run dir>` applies on top of that run's saved config."""
-    if overrides is None and HydraConfig.initialized() \
-            and Path(HydraConfig.get().runtime.output_dir) == Path(out_dir):
+    # a Hydra app that ran earlier in this process (tests, notebooks) leaves its config behind,
+    # without a run directory: only this job's own overrides count
+    here = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None,
+                            throw_on_missing=False) if HydraConfig.initialized() else None
+    if overrides is None and here is not None and Path(here) == Path(out_dir):
         overrides = list(HydraConfig.get().overrides.task)
     validate(cfg)  # every value checked before any work (docs/faults.md)
     code_commit()  # now, not when results.json is written
