@@ -1,4 +1,5 @@
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def _isolate(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     torch.set_num_threads(2)
+
+
+def local_rendezvous() -> list[str]:
+    """torchrun flags for one node on 127.0.0.1 (static rendezvous on a free port).
+    `--standalone` resolves `localhost` and the host's name, which fails on a machine without
+    /etc/hosts; the loopback address needs no name service."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ["--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={port}"]
 
 
 def compose_cfg(*overrides: str):

@@ -12,7 +12,7 @@ from metalearn.engine import checkpoint
 from metalearn.engine.evaluation import evaluate
 from metalearn.engine.loop import build, samplers
 from metalearn.models.conv4 import Conv4
-from tests.conftest import ROOT, compose_cfg
+from tests.conftest import ROOT, compose_cfg, local_rendezvous
 from tests.engine.test_runs import TINY, env
 
 
@@ -27,7 +27,7 @@ def meta_batch_and_learner(tasks: int = 3):
 
 
 def torchrun(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *local_rendezvous(),
                            "--nproc_per_node=2", *args], capture_output=True, text=True,
                           env=env(), cwd=ROOT, timeout=timeout)
 

@@ -23,7 +23,7 @@ from metalearn.engine import checkpoint
 from metalearn.engine.loop import train
 from metalearn.engine.preemption import Preempted
 from metalearn.errors import ConfigError, DiskError, TrainingError
-from tests.conftest import FAST, ROOT, compose_cfg
+from tests.conftest import FAST, ROOT, compose_cfg, local_rendezvous
 from tests.engine.test_runs import TINY, env, wait_for_checkpoint
 
 TIMING = ("train_time_s", "wall_time_s", "cpu_time_s")
@@ -262,7 +262,7 @@ def test_a_stop_while_nan_steps_are_skipped_names_the_iteration_saved(tmp_path, 
 def _launch(run: Path, *overrides):
     """`python -m metalearn.launch` (torchrun that passes 75 on): 2 gloo workers on CPU."""
     return subprocess.Popen(
-        [sys.executable, "-m", "metalearn.launch", "--standalone", "--nproc_per_node=2",
+        [sys.executable, "-m", "metalearn.launch", *local_rendezvous(), "--nproc_per_node=2",
          "--shutdown-timeout=60", str(ROOT / "train.py"), *TINY, *overrides,
          f"hydra.run.dir={run}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env())
