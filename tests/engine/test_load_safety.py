@@ -24,7 +24,7 @@ from metalearn.evaluate import run as evaluate
 from metalearn.online.run import run_online
 from tests.conftest import FAST, ROOT, compose_cfg
 
-TINY = [*FAST, "dataset.image_size=12", "backbone.hidden=8", "trainer.iterations=2"]
+from tests.engine.conftest import TINY
 ONLINE = ["online=ftml", "dataset=synthetic_domains", "dataset.image_size=12",
           "dataset.signal_size=6", "backbone.hidden=8", "logger=none", "device=cpu",
           "task.ways=3", "task.query=3", "online.efficiency.max_shots=0",
@@ -90,17 +90,9 @@ def one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert last.startswith("error: ") and all(n in last for n in needles), last
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("finished") / "run"
-    train(compose_cfg(*TINY), run)
-    return run
-
-
 @pytest.fixture
-def run(finished, tmp_path) -> Path:
-    shutil.copytree(finished, tmp_path / "run")
-    return tmp_path / "run"
+def run(run_copy) -> Path:
+    return run_copy
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 resume that applies (or refuses) what the command line says: each a one-line error."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from metalearn.engine.loop import train
 from metalearn.errors import ConfigError, TrainingError
 from tests.conftest import FAST, ROOT, compose_cfg
 
-TINY = [*FAST, "dataset.image_size=12", "backbone.hidden=8", "trainer.iterations=2"]
+from tests.engine.conftest import TINY
 
 
 class Payload:
@@ -40,17 +39,9 @@ def cli(script: str, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("finished") / "run"
-    train(compose_cfg(*TINY), run)
-    return run
-
-
 @pytest.fixture
-def copy(finished, tmp_path) -> Path:
-    shutil.copytree(finished, tmp_path / "run")
-    return tmp_path / "run"
+def copy(run_copy) -> Path:
+    return run_copy
 
 
 @pytest.mark.parametrize("name", checkpoint.RESUMABLE)
