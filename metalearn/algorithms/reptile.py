@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Optional
+from typing import Annotated, Optional
+
+from annotated_types import Ge
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +72,8 @@ def minibatches(n: int, size: int | None, count: int) -> list[torch.Tensor | Non
 class Reptile(GBML):
     def __init__(self, backbone: nn.Module, ways: int, inner_lr: float = 0.001,
                  adaptation_steps: int = 5, test_adaptation_steps: int | None = 50,
-                 inner_optimizer: str = "adam", inner_batch: Optional[int] = None,
-                 test_inner_batch: Optional[int] = None, carry_state: bool = True,
+                 inner_optimizer: str = "adam", inner_batch: Optional[Annotated[int, Ge(1)]] = None,
+                 test_inner_batch: Optional[Annotated[int, Ge(1)]] = None, carry_state: bool = True,
                  engine: str = "auto") -> None:
         super().__init__(ways, inner_lr, adaptation_steps, test_adaptation_steps,
                          first_order=True, engine=engine)

@@ -83,3 +83,11 @@ def test_inner_adam_differs_from_sgd():
     assert rel(adam[-2], sgd[-2]) > 1e-3  # the head moved differently
     with pytest.raises(ConfigError, match="algo.inner_optimizer='rmsprop'"):
         Reptile(Conv4(1, 12), ways=3, inner_optimizer="rmsprop")
+
+
+def test_an_impossible_inner_batch_is_one_config_error_before_any_work():
+    from metalearn.config_check import validate
+    from tests.conftest import compose_cfg
+    with pytest.raises(ConfigError, match="algo.inner_batch=0"):
+        validate(compose_cfg("algorithm=reptile", "algo.inner_batch=0"))
+    validate(compose_cfg("algorithm=reptile", "algo.inner_batch=10"))
