@@ -164,11 +164,14 @@ def test_overwrite_refuses_project_looking_files_without_a_manifest(tmp_path):
     assert (tmp_path / "wandb").is_dir() and not (tmp_path / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("entry", ["../victim", "/etc", "sub/x", ".."])
+# Every entry names something under tmp_path: with the check broken (as a mutation test does,
+# as root) an entry like "/etc" would delete the machine's own files.
+@pytest.mark.parametrize("entry", ["../victim", "<absolute victim>", "sub/x", ".."])
 def test_a_manifest_reaching_outside_the_run_dir_deletes_nothing(tmp_path, entry):
     run, victim = tmp_path / "run", tmp_path / "victim"
     run.mkdir()
     victim.write_text("mine")
+    entry = str(victim) if entry == "<absolute victim>" else entry
     (run / "results.json").write_text("{}")
     (run / "manifest.json").write_text(json.dumps({"files": ["results.json", entry]}))
     with pytest.raises(ConfigError, match="not a name inside the run directory; nothing was "
