@@ -2,7 +2,11 @@
 
     python scripts/record_result.py <run dir> --name reptile_omniglot_5w1s \
         --target 90 --paper 97.68 --paper-source "Nichol et al. 2018, transductive" \
-        [--note "..."]
+        [--note "..."] [--eval eval-test-20w1s5q-600ep-best.json]
+
+With --eval, the record's test number is that re-score of the run (scripts/evaluate.py with
+other ways, shots or episodes, written into the run dir) and its command is the evaluation's,
+after the training command.
 
 The record holds the run's overrides (so the command that reproduces it), its resolved
 config, results.json (test mean ± CI, episodes, wall and CPU time, threads, processor,
@@ -23,9 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 
 
+# the evaluation app's keys that a re-score file records, as overrides that reproduce it
+EVAL_KEYS = {"split": "split", "checkpoint": "checkpoint", "episodes": "episodes",
+             "ways": "task.ways", "shots": "task.shots", "query": "task.query"}
+
+
 def build_record(run_dir: Path, name: str, target: float | None, paper: float | None,
-                 paper_source: str | None, note: str | None) -> dict:
+                 paper_source: str | None, note: str | None, eval_file: str | None = None) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
+    evaluation = None
+    if eval_file:
+        evaluation = json.loads((run_dir / eval_file).read_text())
+        results = {**results, "test_acc": evaluation["acc"], "test_acc_ci95": evaluation["acc_ci95"],
+                   "test_loss": evaluation.get("loss"), "test_episodes": evaluation["episodes"]}
+        evaluation["command"] = "python scripts/evaluate.py run_dir=<the run's dir> " + " ".join(
+            f"{key}={evaluation[k]}" for k, key in EVAL_KEYS.items() if k in evaluation)
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
     # where the run was written says nothing about the result: leave it out of the command
     overrides = [o for o in overrides
@@ -46,6 +62,7 @@ def build_record(run_dir: Path, name: str, target: float | None, paper: float | 
         "results": results,
         "val_curve": curve,
         "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+        **({"evaluation": evaluation} if evaluation else {}),
     }
 
 
@@ -57,12 +74,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paper", type=float, help="the paper's accuracy (%%)")
     p.add_argument("--paper-source", help="who reported it, and in which setting")
     p.add_argument("--note", help="what differs from the preset or the paper, and why")
+    p.add_argument("--eval", dest="eval_file", help="a re-score file in the run dir "
+                   "(eval-*.json from scripts/evaluate.py) that gives the record's test number")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     if not (a.run_dir / "results.json").is_file():
         print(f"error: {a.run_dir} has no results.json: record a finished run", file=sys.stderr)
         return 2
-    record = build_record(a.run_dir, a.name, a.target, a.paper, a.paper_source, a.note)
+    if a.eval_file and not (a.run_dir / a.eval_file).is_file():
+        print(f"error: {a.run_dir / a.eval_file} not found: give the name of an eval-*.json that "
+              f"scripts/evaluate.py wrote into the run dir", file=sys.stderr)
+        return 2
+    record = build_record(a.run_dir, a.name, a.target, a.paper, a.paper_source, a.note,
+                          a.eval_file)
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / f"{a.name}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")

@@ -69,7 +69,8 @@ def render(records: list[dict], compared: list[dict] | None = None) -> str:
             lines += [r["note"], ""]
         curve = ", ".join(f"{100 * acc:.1f}% at {it:,}" for it, acc in r["val_curve"])
         lines += [f"Validation: {curve or 'none'}. Recorded {r['recorded']}.", "",
-                  "```bash", r["command"], "```", ""]
+                  "```bash", r["command"],
+                  *([r["evaluation"]["command"]] if r.get("evaluation") else []), "```", ""]
     for c in compared or []:
         lines += ["### The main job beside learn2learn's MAML loop", "",
                   "Run at the same time, one core each (`scripts/compare_l2l.py`); both scored "
@@ -102,7 +103,8 @@ def figure(records: list[dict], path: Path | None = None) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in records:
-        if r["val_curve"]:
+        # a re-scored record's curve is its training run's, in another setting than its number
+        if r["val_curve"] and not r.get("evaluation"):
             its, accs = zip(*r["val_curve"])
             line, = ax.plot(its, [100 * a for a in accs], marker="o", label=r["name"])
             if r.get("paper") and r["paper"].get("acc") is not None:

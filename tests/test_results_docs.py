@@ -44,3 +44,28 @@ def test_the_check_fails_when_a_number_is_retyped(tmp_path, monkeypatch):
     assert render_results.main(["--check"]) == 0
     doc.write_text(doc.read_text().replace("91.23", "97.00"))
     assert render_results.main(["--check"]) == 1
+
+
+def test_a_rescore_becomes_the_records_test_number_with_its_command(tmp_path):
+    import record_result
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- task.ways=5\n- hydra.run.dir=/x\n")
+    (run / "config.yaml").write_text("task: {ways: 5}\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "val/acc": 0.9}) + "\n")
+    (run / "results.json").write_text(json.dumps({"test_acc": 0.98, "test_acc_ci95": 0.003,
+                                                  "test_episodes": 600, "iterations": 10}))
+    (run / "eval-test-20w1s5q-600ep-best.json").write_text(json.dumps(
+        {"acc": 0.949, "acc_ci95": 0.0026, "loss": 0.18, "episodes": 600, "split": "test",
+         "checkpoint": "best", "ways": 20, "shots": 1, "query": 5}))
+    out = tmp_path / "results"
+    assert record_result.main([str(run), "--name", "r", "--out", str(out),
+                               "--eval", "missing.json"]) == 2
+    assert record_result.main([str(run), "--name", "r", "--out", str(out),
+                               "--eval", "eval-test-20w1s5q-600ep-best.json"]) == 0
+    r = json.loads((out / "r.json").read_text())
+    assert r["results"]["test_acc"] == 0.949 and r["results"]["iterations"] == 10
+    assert r["command"] == "python train.py task.ways=5"
+    assert "task.ways=20" in r["evaluation"]["command"]
+    section = render_results.render([r])
+    assert "**94.90 ± 0.26%**" in section and r["evaluation"]["command"] in section
