@@ -110,6 +110,12 @@ def report(e: BaseException) -> int | None:
         hint = f"did you mean {group}={close[0]}? " if close else ""
         say(f"error: {group}={choice}: no such option; {hint}choose one of {', '.join(e.options)}")
         return 2
+    if isinstance(e, MissingConfigException):  # a group that does not exist (no options)
+        groups = sorted(p.name for p in (Path(__file__).parent / "configs").iterdir()
+                        if p.is_dir() and not p.name.startswith("_"))
+        say(f"error: {str(e).splitlines()[0]}: no such config group; the groups are "
+            f"{', '.join(groups)} (python train.py --help lists their options)")
+        return 2
     line = _parse_error(e)
     if line is not None:
         say(f"error: {line}")

@@ -119,6 +119,16 @@ def test_train_py_answers_typos_and_bad_values_with_one_line(tmp_path, override,
     assert (code, err) == (2, [line])
 
 
+def test_a_preset_naming_a_group_that_does_not_exist_is_one_line(tmp_path):
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - /datset: omniglot\n")
+    code, err = _cli(tmp_path, "experiment=mine", f"hydra.searchpath=[file://{tmp_path / 'conf'}]")
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: In 'experiment/mine': Could not find 'datset/omniglot': no "
+                             "such config group; the groups are algorithm, backbone, dataset")
+
+
 def test_an_unwritable_output_dir_is_one_line_not_a_hydra_traceback(tmp_path):
     target = Path("/sys/metalearn-test-run")  # sysfs: no new folders, not even for root
     code, err = _cli(tmp_path, run=target)
