@@ -33,7 +33,7 @@ from PIL import Image
 from metalearn import safety
 from metalearn.algorithms.base import Classifier, MetaLearner
 from metalearn.data.base import FewShotDataset
-from metalearn.data.readers import IMAGE_EXTENSIONS
+from metalearn.data.readers import IMAGE_EXTENSIONS, image_files
 from metalearn.engine import checkpoint
 from metalearn import threads
 from metalearn.errors import ConfigError, DataError, MetalearnError
@@ -71,12 +71,7 @@ class Preprocessor:
         if isinstance(image, (torch.Tensor, np.ndarray)):
             image = _array_to_pil(image)
         elif not isinstance(image, Image.Image):
-            try:
-                with Image.open(image) as im:
-                    im.load()
-                    image = im
-            except (OSError, ValueError) as e:
-                raise DataError(f"cannot read image {image}: {e}. Pass an image file") from None
+            image = _read(Path(image))
         size = p["image_size"]
         im = image.convert("L" if p["channels"] == 1 else "RGB")
         im = im.resize((size, size), getattr(Image.Resampling, p["resize"]))
@@ -91,6 +86,22 @@ class Preprocessor:
         if len(images) == 0:
             raise DataError("no images given")
         return torch.stack([self(im) for im in images])
+
+
+def _read(path: Path) -> Image.Image:
+    # A FIFO or device named *.png would block Image.open forever: only regular files are read.
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a regular file"
+        raise DataError(f"cannot read image {path}: it {what}. Pass an image file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image {path} is too large to decode safely ({e}): downscale it "
+                        f"(few-shot models read {path.suffix} images of a few hundred pixels)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}. Pass an image file") from None
 
 
 def _array_to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
@@ -206,10 +217,6 @@ def load(path: str | Path, device: torch.device | str = "cpu",
     return FewShotModel(learner, prep, device)
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def predict_folders(run: Path, support: Path, query: Path, device: str = "cpu",
                     batch_size: int = BATCH_SIZE) -> tuple[list[Path], Prediction]:
     for what, folder in (("support", support), ("query", query)):
@@ -217,13 +224,13 @@ def predict_folders(run: Path, support: Path, query: Path, device: str = "cpu",
             raise DataError(f"{what} folder {folder} does not exist")
     images, labels = [], []
     for class_dir in sorted(p for p in support.iterdir() if p.is_dir()):
-        found = _images(class_dir)
+        found = image_files(class_dir)
         images += found
         labels += [class_dir.name] * len(found)
     if not images:
         raise DataError(f"{support} holds no class folders with images: make one folder per "
                         f"class, its images inside")
-    queries = _images(query)
+    queries = image_files(query)
     if not queries:
         raise DataError(f"{query} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return queries, load(run, device).adapt(images, labels).predict(queries, batch_size)
@@ -270,12 +277,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     except MetalearnError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
+    # A file name that is not valid UTF-8 is written back as the bytes it is (surrogateescape),
+    # so the path column names the very file, and the CSV is never cut off half-way.
     try:
-        write_csv(out, queries, pred)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+        if args.output == "-":
+            sys.stdout.reconfigure(errors="surrogateescape")
+            write_csv(sys.stdout, queries, pred)
+        else:
+            with open(args.output, "w", newline="", errors="surrogateescape") as out:
+                write_csv(out, queries, pred)
+    except OSError as e:
+        print(f"error: cannot write {args.output}: {e.strerror or e}; free space or choose "
+              f"another --output", file=sys.stderr)
+        sys.exit(74)
 
 
 if __name__ == "__main__":

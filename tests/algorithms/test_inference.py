@@ -1,6 +1,11 @@
 """The inference API and `metalearn-predict`: every algorithm adapts and predicts, whatever
 the query batching and the image type."""
+import contextlib
 import csv
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +19,7 @@ from metalearn.engine.loop import train
 from metalearn.errors import DataError
 from metalearn.inference import FewShotModel, load, main, preprocessing
 from tests.algorithms.test_learners import ALGORITHMS
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, ROOT, compose_cfg
 
 SIZE = 12
 LABELS = ["cat", "dog", "emu", "fox", "gnu"]  # 5-way, as the configs' task.ways
@@ -192,3 +197,62 @@ def test_queries_are_classified_in_batches_with_the_unbatched_result(monkeypatch
                         lambda *a: seen.setdefault("args", a) and ([], whole))
     main(["run", "support", "query", "--batch-size", "7", "-o", "/dev/null"])
     assert seen["args"][-1] == 7
+
+
+@contextlib.contextmanager
+def _no_hang(seconds: int = 60):
+    """Opening a FIFO blocks: a regression fails the test instead of hanging the suite."""
+    def hung(*_):
+        raise TimeoutError("reading a FIFO blocked")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_unreadable_queries_are_one_line_never_a_hang_or_a_bomb(tmp_path, monkeypatch):
+    data = synthetic()
+    support, labels, queries = task(data, query=1)
+    adapted = model("protonet", data).adapt(support, labels)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with _no_hang():
+        with pytest.raises(DataError, match=r"pipe.png: it is not a regular file"):
+            adapted.predict([fifo])
+    with pytest.raises(DataError, match=r"nowhere.png: it does not exist"):
+        adapted.predict([tmp_path / "nowhere.png"])
+    big = tmp_path / "big.png"
+    Image.new("L", (100, 100)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # as a 20000 x 20000 image against the default
+    with pytest.raises(DataError, match=r"big.png is too large to decode safely .*downscale it"):
+        adapted.predict([big])
+
+
+def test_cli_writes_every_row_for_a_non_utf8_name_and_skips_a_fifo(tmp_path):
+    run = tmp_path / "run"
+    train(compose_cfg(*FAST, "algorithm=protonet", f"dataset.image_size={SIZE}",
+                      "dataset.signal_size=6", "backbone.hidden=8", "trainer.iterations=2"), run)
+    support, labels, queries = task(synthetic(), query=1)
+    for i, (x, label) in enumerate(zip(support, labels)):
+        (tmp_path / "support" / label).mkdir(parents=True, exist_ok=True)
+        to_pil_image(x).save(tmp_path / "support" / label / f"{i}.png")
+    q = os.fsencode(tmp_path / "query")
+    os.mkdir(q)
+    names = [b"a.png", b"b\xff.png", b"c.png"]  # the middle one is not valid UTF-8
+    for name, x in zip(names, queries):
+        to_pil_image(x).save(os.path.join(q, name))
+    os.mkfifo(os.path.join(q, b"d.png"))
+    args = [str(run), str(tmp_path / "support"), str(tmp_path / "query")]
+    with _no_hang():
+        main([*args, "-o", str(tmp_path / "pred.csv")])
+    # stdout as a strict UTF-8 stream (a pipe), where a lone surrogate used to end the CSV
+    proc = subprocess.run([sys.executable, "-m", "metalearn.inference", *args],
+                          capture_output=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    for text in (proc.stdout, (tmp_path / "pred.csv").read_bytes()):
+        rows = text.splitlines()[1:]
+        assert [r.split(b",")[0] for r in rows] == [os.path.join(q, n) for n in names]
