@@ -93,8 +93,10 @@ def _open(name: str, config_name: str | None, revision: str | None) -> dict[str,
             loaded = _from_hub(name, config_name, revision)
     except DataError:
         raise
-    except (ValueError, FileNotFoundError) as e:  # no data files, unknown config, bad arrow
-        raise DataError(f"dataset.name={name!r}: datasets could not read it ({e})") from None
+    except (ValueError, OSError) as e:  # no data files, unknown config, a truncated .arrow
+        raise DataError(f"dataset.name={name!r}: datasets could not read it ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); if its files are damaged or "
+                        f"incomplete, save or copy the dataset again") from None
     if isinstance(loaded, datasets.Dataset):
         return {"train": loaded}
     return dict(loaded)

@@ -95,3 +95,13 @@ def test_errors_are_one_line_naming_the_fix(tmp_path):
         EpisodeSampler(ds.train, 2, 1, 3, ds.mean, ds.std)
     with pytest.raises(ConfigError, match=r"dataset.split='own'"):
         load_huggingface(path, split="own")
+
+
+def test_a_truncated_arrow_file_is_one_line(tmp_path):
+    path = fixtures.make_huggingface(tmp_path, classes=4, images_per_class=3)
+    for arrow in path.rglob("*.arrow"):
+        arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"could not read it \(OSError: Expected to be able to "
+                                        r"read .*\); if its files are damaged or incomplete, "
+                                        r"save or copy the dataset again"):
+        load_huggingface(str(path), split_ratios=[0.5, 0.25, 0.25], image_size=8)
