@@ -27,7 +27,8 @@ def disk_error(e: BaseException, path: Path | str | None) -> DiskError | None:
         if isinstance(e, DiskError):
             return e
         if isinstance(e, OSError) and e.errno in DISK_ERRNOS:
-            where = path if path is not None else e.filename
+            # Hydra's own writes (.hydra/*.yaml) fail at close, where OSError names no file
+            where = path if path is not None else e.filename or "the run directory's files"
             return DiskError(f"cannot write {where}: {e.strerror or os.strerror(e.errno)}. "
                              f"{_FIX.get(e.errno, _FIX[errno.ENOSPC])}")
         if isinstance(e, RuntimeError) and any(s in str(e) for s in _TORCH_WRITE_FAILED):

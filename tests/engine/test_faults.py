@@ -129,6 +129,13 @@ def test_a_preset_naming_a_group_that_does_not_exist_is_one_line(tmp_path):
                              "such config group; the groups are algorithm, backbone, dataset")
 
 
+def test_a_full_disk_under_hydras_own_writes_names_no_none():
+    from metalearn.engine.io import disk_error
+    err = disk_error(OSError(errno.ENOSPC, "No space left on device"), None)  # no filename
+    assert str(err).startswith("cannot write the run directory's files: No space left on device. "
+                               "Free space")
+
+
 def test_an_unwritable_output_dir_is_one_line_not_a_hydra_traceback(tmp_path):
     target = Path("/sys/metalearn-test-run")  # sysfs: no new folders, not even for root
     code, err = _cli(tmp_path, run=target)
