@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
-from metalearn.engine.io import disk_error
+from metalearn.engine.io import ONLINE_STATE, RESUMABLE, disk_error
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
 from metalearn.errors import MetalearnError
 from metalearn.threads import USER_OMP_ENV
@@ -85,6 +85,10 @@ def main() -> None:
     """Run the app; turn what a user can fix into one line and an exit code."""
     # before a launcher (joblib) gives its workers an OMP_NUM_THREADS of its own
     os.environ.setdefault(USER_OMP_ENV, os.environ.get("OMP_NUM_THREADS", ""))
+    refused = _resume_target_refused(sys.argv[1:])
+    if refused:
+        say(f"error: {refused}")
+        sys.exit(2)
     try:
         with hydra_raises(), _quick_help(any(a in ("--help", "-h") for a in sys.argv[1:])):
             app()
@@ -94,6 +98,21 @@ def main() -> None:
             raise
         _record_exit(code)
         sys.exit(code)
+
+
+def _resume_target_refused(args: list[str]) -> str | None:
+    """`resume=<dir>` that is no run to continue, refused before Hydra writes its `.hydra/` and
+    train.log into that directory (a folder of the user's, or a typo that it would create)."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if not values or values[-1].lower() in ("", "true", "false", "auto", "null") or "," in values[-1]:
+        return None  # a boolean mode, or a multirun sweep over values (checked per job)
+    path = Path(values[-1]).expanduser()
+    if path.is_file() or any((path / n).is_file() for n in (*RESUMABLE, *ONLINE_STATE)):
+        return None  # a file is refused with its own advice in the run; a run continues
+    names = ", ".join((*RESUMABLE, *ONLINE_STATE))
+    what = "does not exist" if not path.exists() else f"holds no checkpoint ({names})"
+    return (f"resume={values[-1]}: {path} {what}, so there is no run to continue; nothing was "
+            f"written. Pass a run's directory (resume=outputs/runs/<date>/<time>), or drop resume")
 
 
 def report(e: BaseException) -> int | None:

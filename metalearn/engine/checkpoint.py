@@ -28,13 +28,12 @@ from torch import nn
 
 from metalearn import safety
 from metalearn.engine.distributed import World
-from metalearn.engine.io import disk_errors, note_written
+from metalearn.engine.io import RESUMABLE, disk_errors, note_written
 from metalearn.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
 FORMAT, VERSION = "metalearn-checkpoint", 2
-RESUMABLE = ("last.pt", "last.prev.pt", "best.pt")
 # What TrainingState.state_dict() writes and a resume reads.
 TRAINING_KEYS = ("model", "optimizer", "iteration", "best_val_acc", "best_iteration",
                  "skipped_steps", "train_time_s", "wandb_run_id", "metrics_bytes", "config", "rng")

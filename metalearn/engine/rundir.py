@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Iterator
 
 from metalearn.engine import io
-from metalearn.engine.checkpoint import RESUMABLE, remove_temp_files
-from metalearn.engine.io import MANIFEST, read_manifest
+from metalearn.engine.checkpoint import remove_temp_files
+from metalearn.engine.io import MANIFEST, ONLINE_STATE, RESUMABLE, read_manifest
 from metalearn.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 LOCK = "run.lock"
 # What a metalearn run writes (eval-*.json: scripts/evaluate.py; online.*: an online stream);
 # a finished run has results.json.
-ONLINE_STATE = ("online.pt", "online.prev.pt")
 RUN_FILES = ("results.json", *RESUMABLE, *ONLINE_STATE, "metrics.jsonl", "config.yaml",
              "stream.json", "online_curve.png")
 RUN_GLOBS = ("eval-*.json",)

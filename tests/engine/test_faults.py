@@ -129,6 +129,19 @@ def test_a_preset_naming_a_group_that_does_not_exist_is_one_line(tmp_path):
                              "such config group; the groups are algorithm, backbone, dataset")
 
 
+@pytest.mark.parametrize("target", ["folder", "missing"])
+def test_resume_of_a_folder_that_is_no_run_writes_nothing_into_it(tmp_path, target):
+    folder = tmp_path / "mine"
+    if target == "folder":
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+    code, err = _cli(tmp_path, f"resume={folder}", run=folder)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: resume={folder}: {folder} ") and "nothing was written" in err[0]
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"] if target == "folder" \
+        else not folder.exists()
+
+
 def test_a_full_disk_under_hydras_own_writes_names_no_none():
     from metalearn.engine.io import disk_error
     err = disk_error(OSError(errno.ENOSPC, "No space left on device"), None)  # no filename
