@@ -26,6 +26,7 @@ from metalearn import safety
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.engine import checkpoint, io
+from metalearn.engine.io import disk_error
 from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, samplers, seed_everything
@@ -121,9 +122,13 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
            "shots": shots, "query": query, "eval_seed": cfg.trainer.eval_seed,
            "algorithm": cfg.algo._target_, "device": str(device),
            "dataset": dataset_name or cfg.dataset._target_, **extra}
-    path = run_dir / f"eval-{tag}-{ways}w{shots}s{query}q-{episodes}ep-{which}.json"
-    io.note_written(path)
-    path.write_text(json.dumps(out, indent=2))
+    out_dir = Path(ecfg.get("output_dir") or run_dir)
+    path = out_dir / f"eval-{tag}-{ways}w{shots}s{query}q-{episodes}ep-{which}.json"
+    with io.disk_errors(path):
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.resolve() == run_dir.resolve():
+        io.note_written(path)  # the run's manifest: an overwrite of the run removes it too
+    io.write_text(path, json.dumps(out, indent=2))
     log.info(f"{split} accuracy {100 * res['acc']:.2f} ± {100 * res['acc_ci95']:.2f}% "
              f"({episodes} episodes, {ways}-way {shots}-shot, {which} checkpoint, "
              f"{time.monotonic() - progress.start:.0f} s); saved {path}")
@@ -147,7 +152,7 @@ def app(cfg: DictConfig) -> None:
     try:
         evaluate_run(cfg, HydraConfig.get().runtime.choices.get("dataset"))
     except Exception as e:
-        code = report(e)  # here, not in main(): Hydra would add "Error executing job ..."
+        code = _report(e)  # here, not in main(): Hydra would add "Error executing job ..."
         if code is None:
             raise
         sys.exit(code)
@@ -166,6 +171,17 @@ def _missing_run_dir(e: BaseException | None) -> bool:
     return False
 
 
+def _report(e: BaseException) -> int | None:
+    """train.py's report, but a failed write advises output_dir=: an evaluation only reads the
+    run, and hydra.run.dir or resume cannot help it."""
+    err = disk_error(e, None)
+    if err is None:
+        return report(e)
+    say(f"error: {str(err).split('. ', 1)[0]}. The run is only read: write the evaluation to a "
+        f"writable folder with output_dir=<dir>")
+    return err.exit_code
+
+
 def main() -> None:
     """Run the app; what a user can fix is one `error:` line and exit code 2 (as train.py)."""
     try:
@@ -175,7 +191,7 @@ def main() -> None:
         if _missing_run_dir(e):
             say(f"error: {NO_RUN_DIR}")
             sys.exit(2)
-        code = report(e)
+        code = _report(e)
         if code is None:
             raise
         sys.exit(code)

@@ -179,6 +179,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
     with rundir.claim(out_dir) if world.is_main else contextlib.nullcontext():
         if world.is_main:
             rundir.prepare(out_dir, resume=bool(mode), overwrite=bool(cfg.get("overwrite")))
+            rundir.save_hydra_files(out_dir, cfg, resume=bool(mode))
         found = checkpoint.latest(out_dir, verbose=world.is_main) if mode else None
         if found is None and mode not in (False, "auto"):
             raise ConfigError(f"resume={mode} but {out_dir} holds no checkpoint "

@@ -6,8 +6,8 @@ its owner is known dead on this host and PID namespace, or its heartbeat is olde
 METALEARN_LOCK_STALE_S (10 min), wherever the owner ran. `prepare(run_dir, ...)` refuses a
 directory that already holds a metalearn run unless the run is resumed or `overwrite=true`
 asks to start over, which deletes exactly what the old run's `manifest.json` lists. Hydra's
-own files (`.hydra/`, `<job>.log`) are not a run: Hydra writes them into every run directory
-before the run starts.
+log (`<job>.log`, appended to) and `.hydra/` are not the run's files: `save_hydra_files` writes
+`.hydra/` once this run holds the lock and `prepare` has let it in.
 """
 from __future__ import annotations
 
@@ -285,3 +285,30 @@ def _remove_earlier_run(run_dir: Path, found: list[Path]) -> None:
     for p in gone:
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     (run_dir / MANIFEST).unlink()
+
+
+HYDRA_SUBDIR = ".hydra"
+
+
+def save_hydra_files(out_dir: Path, cfg, resume: bool) -> None:
+    """Hydra's record of the command (`.hydra/config.yaml`, `hydra.yaml`, `overrides.yaml`), as
+    Hydra writes it, but by the lock holder after `prepare`: a refused command never touches a
+    busy or finished run's record, and a resumed run keeps the one of the command that started
+    it. Outside a Hydra app (train() from Python) there is nothing to record."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.instance().cfg
+    here = OmegaConf.select(hydra_cfg, "hydra.runtime.output_dir", default=None)
+    folder = out_dir / HYDRA_SUBDIR
+    if here is None or Path(here).resolve() != out_dir.resolve() or \
+            (resume and (folder / "overrides.yaml").exists()):
+        return
+    with io.disk_errors(folder):
+        folder.mkdir(exist_ok=True)
+    for name, node in (("config.yaml", cfg), ("hydra.yaml", hydra_cfg),
+                       ("overrides.yaml", hydra_cfg.hydra.overrides.task)):
+        io.write_text(folder / name, OmegaConf.to_yaml(node))
+

@@ -119,6 +119,7 @@ def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     # one writer per directory; a finished stream is never written over unless asked
     with rundir.claim(out_dir):
         rundir.prepare(out_dir, resume=bool(mode), overwrite=bool(cfg.get("overwrite")))
+        rundir.save_hydra_files(out_dir, cfg, resume=bool(mode))
         return _run(*_resume(cfg, out_dir), out_dir)
 
 

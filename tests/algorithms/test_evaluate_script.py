@@ -87,3 +87,31 @@ def test_no_run_dir_is_one_error_line(monkeypatch, capsys):
     assert err == [f"error: {script.NO_RUN_DIR}"] and "run_dir=<a training run's directory>" in err[0]
     with pytest.raises(ConfigError, match="run_dir=<a training run's directory>"):
         script.run(["episodes=3"])
+
+
+def test_a_read_only_run_is_scored_into_output_dir_and_its_error_says_so(tmp_path, monkeypatch,
+                                                                          capsys):
+    import errno
+    import logging
+    run = tmp_path / "run"
+    train(compose_cfg(*FAST, "algorithm=protonet", "dataset.image_size=12", "backbone.hidden=8"),
+          run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    real_open = logging.FileHandler._open
+
+    def read_only(handler):  # what a read-only mount does to evaluate.log in the run dir
+        if str(run) in handler.baseFilename:
+            raise OSError(errno.EROFS, "Read-only file system", handler.baseFilename)
+        return real_open(handler)
+    monkeypatch.setattr(logging.FileHandler, "_open", read_only)
+    monkeypatch.setattr(sys, "argv", ["metalearn-eval", f"run_dir={run}"])
+    with pytest.raises(SystemExit) as e:
+        script.main()
+    assert e.value.code == 74
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write {run / 'evaluate.log'}: Read-only file system. The run "
+                   f"is only read: write the evaluation to a writable folder with output_dir=<dir>"]
+    out = tmp_path / "scores"
+    script.run([f"run_dir={run}", f"output_dir={out}"])
+    assert json.loads((out / "eval-test-5w1s2q-6ep-best.json").read_text())["episodes"] == 6
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # the run only read

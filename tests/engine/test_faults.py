@@ -5,6 +5,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf, open_dict
 from metalearn.config_check import validate
 from metalearn.data import cache
 from metalearn.data.base import ImageSplit
-from metalearn.engine import checkpoint
+from metalearn.engine import checkpoint, rundir
 from metalearn.engine.loop import train
 from metalearn.engine.preemption import Preempted
 from metalearn.errors import ConfigError, DiskError, TrainingError
@@ -140,6 +141,24 @@ def test_resume_of_a_folder_that_is_no_run_writes_nothing_into_it(tmp_path, targ
     assert err[0].startswith(f"error: resume={folder}: {folder} ") and "nothing was written" in err[0]
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"] if target == "folder" \
         else not folder.exists()
+
+
+def test_a_refused_command_leaves_the_runs_hydra_record_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    code, err = _cli(tmp_path, *TINY[1:], "trainer.iterations=2", "trainer.eval_every=2", run=run)
+    assert code == 0, err
+    record = {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()}
+    assert set(record) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    assert b"trainer.iterations=2" in record["overrides.yaml"]
+    code, err = _cli(tmp_path, *TINY[1:], "seed=7", run=run)  # a finished run: refused
+    assert code == 2 and "holds a finished run" in err[-1]
+    here = {"host": socket.gethostname(), "pidns": rundir._pid_namespace()}
+    with subprocess.Popen(["sleep", "60"]) as alive:  # a busy run: refused
+        (run / "run.lock").write_text(json.dumps({"pid": alive.pid, **here}))
+        code, err = _cli(tmp_path, *TINY[1:], "seed=8", "resume=true", run=run)
+        alive.kill()
+    assert code != 0 and "is in use by PID" in err[-1]
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
 
 
 def test_a_full_disk_under_hydras_own_writes_names_no_none():
