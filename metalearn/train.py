@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import shutil
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +86,9 @@ def main() -> None:
     """Run the app; turn what a user can fix into one line and an exit code."""
     # before a launcher (joblib) gives its workers an OMP_NUM_THREADS of its own
     os.environ.setdefault(USER_OMP_ENV, os.environ.get("OMP_NUM_THREADS", ""))
+    # Until training's own handlers (engine/preemption.py) take over, a SIGTERM (a scheduler
+    # cancelling the job while it starts) is one line and exit 143, not a silent death.
+    signal.signal(signal.SIGTERM, _stopped_during_startup)
     refused = _resume_target_refused(sys.argv[1:])
     if refused:
         say(f"error: {refused}")
@@ -98,6 +102,10 @@ def main() -> None:
             raise
         _record_exit(code)
         sys.exit(code)
+
+
+def _stopped_during_startup(signum: int, frame: Any) -> None:
+    raise Preempted(signum, 0, "", None)
 
 
 def _resume_target_refused(args: list[str]) -> str | None:

@@ -61,6 +61,7 @@ SLOW = {
     "algorithms/test_inference.py::test_cli_predicts_a_folder_from_a_trained_run",
     "algorithms/test_inference.py::test_cli_writes_every_row_for_a_non_utf8_name_and_skips_a_fifo",
     "engine/test_faults.py::test_a_refused_command_leaves_the_runs_hydra_record_as_it_was",
+    "engine/test_faults.py::test_sigterm_during_start_up_is_one_line_and_exit_143",
     "algorithms/test_inference.py::test_one_query_at_a_time_equals_all_at_once[anil]",
     "algorithms/test_inference.py::test_one_query_at_a_time_equals_all_at_once[baseline]",
     "algorithms/test_inference.py::test_one_query_at_a_time_equals_all_at_once[baseline_pp]",

@@ -30,8 +30,9 @@ class Preempted(Exception):
         self.signum, self.iteration, self.saved = signum, iteration, saved_iteration is not None
         name = signal.Signals(signum).name
         if saved_iteration is None:
-            msg = (f"received {name} at iteration {iteration}, before any checkpoint was saved: "
-                   f"nothing to resume, run the same command again to start over")
+            when = f"at iteration {iteration}" if iteration else "during start-up"
+            msg = (f"received {name} {when}, before any checkpoint was saved: nothing to "
+                   f"resume, run the same command again to start over")
         else:
             at = (f"stopped after iteration {iteration}" if saved_iteration == iteration else
                   f"stopped at iteration {iteration}; the last checkpoint saved is iteration "

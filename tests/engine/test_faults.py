@@ -161,6 +161,21 @@ def test_a_refused_command_leaves_the_runs_hydra_record_as_it_was(tmp_path):
     assert {p.name: p.read_bytes() for p in (run / ".hydra").iterdir()} == record
 
 
+def test_sigterm_during_start_up_is_one_line_and_exit_143(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, f"hydra.run.dir={run}"],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env())
+    deadline = time.time() + 120
+    while not (run / "train.log").exists() and time.time() < deadline:  # the job has begun:
+        time.sleep(0.01)  # torch, the data and the learner take seconds more to be ready
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1].strip().splitlines()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err[-1] == ("preempted: received SIGTERM during start-up, before any checkpoint was "
+                       "saved: nothing to resume, run the same command again to start over")
+    assert not (run / "last.pt").exists()
+
+
 def test_a_full_disk_under_hydras_own_writes_names_no_none():
     from metalearn.engine.io import disk_error
     err = disk_error(OSError(errno.ENOSPC, "No space left on device"), None)  # no filename
