@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
 from metalearn.engine.io import ONLINE_STATE, RESUMABLE, disk_error
-from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
+from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, stopped_during_startup
 from metalearn.errors import MetalearnError
 from metalearn.threads import USER_OMP_ENV
 
@@ -88,7 +88,7 @@ def main() -> None:
     os.environ.setdefault(USER_OMP_ENV, os.environ.get("OMP_NUM_THREADS", ""))
     # Until training's own handlers (engine/preemption.py) take over, a SIGTERM (a scheduler
     # cancelling the job while it starts) is one line and exit 143, not a silent death.
-    signal.signal(signal.SIGTERM, _stopped_during_startup)
+    signal.signal(signal.SIGTERM, stopped_during_startup)
     refused = _resume_target_refused(sys.argv[1:])
     if refused:
         say(f"error: {refused}")
@@ -102,10 +102,6 @@ def main() -> None:
             raise
         _record_exit(code)
         sys.exit(code)
-
-
-def _stopped_during_startup(signum: int, frame: Any) -> None:
-    raise Preempted(signum, 0, "", None)
 
 
 def _resume_target_refused(args: list[str]) -> str | None:

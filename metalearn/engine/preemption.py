@@ -45,6 +45,12 @@ class Preempted(Exception):
         super().__init__(msg)
 
 
+def stopped_during_startup(signum: int, frame: Any) -> None:
+    """train.py's SIGTERM handler until StopSignals take over: one line instead of a silent
+    death. Not a handler to hand a signal over to (StopSignals.hand_over)."""
+    raise Preempted(signum, 0, "", None)
+
+
 def _program() -> str:
     """How this run was started: the installed command, else train.py from a clone."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
@@ -94,5 +100,6 @@ class StopSignals:
         """Pass the signal on to whoever handled it before us (submitit requeues the job
         there and exits); with no such handler, return and let the caller exit."""
         previous = self._previous.get(self.signum)
-        if callable(previous) and previous is not signal.default_int_handler:
+        if callable(previous) and previous not in (signal.default_int_handler,
+                                                   stopped_during_startup):
             previous(self.signum, None)
