@@ -108,6 +108,11 @@ def test_a_read_only_run_is_scored_into_output_dir_and_its_error_says_so(tmp_pat
         return real_open(handler)
     monkeypatch.setattr(logging.FileHandler, "_open", read_only)
     monkeypatch.setattr(sys, "argv", ["metalearn-eval", f"run_dir={run}"])
+    # the app below sets up logging (handlers on capsys's stream): undone after this test, or
+    # every later test's log lines would fail against that closed stream
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
     with pytest.raises(SystemExit) as e:
         script.main()
     assert e.value.code == 74
