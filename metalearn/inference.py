@@ -30,7 +30,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from metalearn import safety
+from metalearn import build, safety
 from metalearn.algorithms.base import Classifier, MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.readers import IMAGE_EXTENSIONS, image_files
@@ -43,12 +43,14 @@ BATCH_SIZE = 256  # queries per forward pass: bounds memory (2,000 at 84x84 in o
 
 
 def preprocessing(data: FewShotDataset) -> dict[str, Any]:
-    """How `data`'s images were made from files, as plain values (saved in checkpoints)."""
+    """How `data`'s images were made from files, and how many classes the learner trained on,
+    as plain values (saved in checkpoints): what a saved model needs of its data."""
     channels, size, _ = data.image_shape
     # every reader here resizes with LANCZOS; Omniglot stores ink as 1 (Finn et al. 2017)
     return {"channels": channels, "image_size": size, "resize": "LANCZOS",
             "invert": data.name.startswith("omniglot"),
-            "mean": [float(m) for m in data.mean], "std": [float(s) for s in data.std]}
+            "mean": [float(m) for m in data.mean], "std": [float(s) for s in data.std],
+            "train_classes": data.train.num_classes}
 
 
 class Preprocessor:
@@ -208,11 +210,9 @@ def load(path: str | Path, device: torch.device | str = "cpu",
     # the checkpoint may come from anyone: nothing but shipped (or allowed) targets is built
     cfg = safety.checked(state.get("config"), path)
     prep = state.get("preprocessing")
-    if prep is None:  # a checkpoint from before preprocessing was saved: rebuild it from its data
-        prep = preprocessing(instantiate(cfg.dataset))
-    backbone = instantiate(cfg.backbone, in_channels=prep["channels"],
-                           image_size=prep["image_size"])
-    learner: MetaLearner = instantiate(cfg.algo, backbone=backbone, ways=cfg.task.ways)
+    if prep is None or ("train_classes" not in prep and cfg.algo.get("num_classes", 0) is None):
+        prep = preprocessing(instantiate(cfg.dataset))  # saved before they were: from its data
+    learner = build.learner(cfg, prep["channels"], prep["image_size"], prep.get("train_classes"))
     learner.load_state_dict(state["model"])
     return FewShotModel(learner, prep, device)
 

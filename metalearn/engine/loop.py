@@ -29,6 +29,7 @@ from torch.nn.utils import get_total_norm
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
+from metalearn.build import learner as build_learner
 from metalearn.config_check import validate
 from metalearn.engine import checkpoint, distributed, io, rundir
 from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
@@ -49,11 +50,7 @@ def seed_everything(seed: int) -> None:
 def build(cfg: DictConfig, device: torch.device) -> tuple[FewShotDataset, MetaLearner]:
     data: FewShotDataset = instantiate(cfg.dataset)
     channels, size, _ = data.image_shape
-    backbone = instantiate(cfg.backbone, in_channels=channels, image_size=size)
-    # transfer learners' pre-training head: algo.num_classes null = the training classes
-    extra = {"num_classes": data.train.num_classes} if cfg.algo.get("num_classes", 0) is None else {}
-    algo: MetaLearner = instantiate(cfg.algo, backbone=backbone, ways=cfg.task.ways, **extra)
-    return data, algo.to(device)
+    return data, build_learner(cfg, channels, size, data.train.num_classes).to(device)
 
 
 def samplers(cfg: DictConfig, data: FewShotDataset, device: torch.device,

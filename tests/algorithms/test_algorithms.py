@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from metalearn import build
 from metalearn.algorithms.anil import ANIL
 from metalearn.algorithms.base import MetaLearner
 from metalearn.algorithms.maml import MAML, msl_weights
@@ -162,10 +163,8 @@ def test_ways_limits_per_learner():
 
 def test_algorithm_configs_build_their_learner():
     for name in ALGORITHMS:
-        cfg = compose_cfg("dataset=synthetic", f"algorithm={name}")
-        # transfer learners' pre-training head: null = the training classes (loop.build)
-        extra = {"num_classes": 64} if cfg.algo.get("num_classes", 0) is None else {}
-        algo = instantiate(cfg.algo, backbone=small(), ways=cfg.task.ways, **extra)
+        cfg = compose_cfg("dataset=synthetic", f"algorithm={name}", "backbone.hidden=8")
+        algo = build.learner(cfg, 1, 12, train_classes=64)
         assert isinstance(algo, MetaLearner) and algo.ways == cfg.task.ways
         assert cfg.algo._target_.endswith("." + type(algo).__name__)
     assert {name: type(instantiate(compose_cfg("dataset=synthetic", f"algorithm={name}").algo,

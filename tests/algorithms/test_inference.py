@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from metalearn import inference
+from metalearn import build, inference
 from metalearn.engine import checkpoint
 from metalearn.engine.loop import train
 from metalearn.errors import DataError
@@ -41,10 +41,7 @@ def task(data, shots=2, query=3):
 def model(algorithm, data):
     torch.manual_seed(0)
     cfg = compose_cfg("dataset=synthetic", f"algorithm={algorithm}", "backbone.hidden=8")
-    backbone = instantiate(cfg.backbone, in_channels=1, image_size=SIZE)
-    # transfer learners size their pre-training head by the training classes (as loop.build)
-    extra = {"num_classes": data.train.num_classes} if cfg.algo.get("num_classes", 0) is None else {}
-    learner = instantiate(cfg.algo, backbone=backbone, ways=5, **extra)
+    learner = build.learner(cfg, 1, SIZE, data.train.num_classes)
     if hasattr(learner, "test_adaptation_steps"):
         learner.test_adaptation_steps = 2
     return FewShotModel(learner, preprocessing(data))
@@ -66,6 +63,26 @@ def test_one_query_at_a_time_equals_all_at_once(algorithm):
     # the support set matters: other support images give other probabilities
     other = model(algorithm, data).adapt(task(data, shots=2, query=0)[0][::-1], labels)
     assert not torch.allclose(other.predict(queries).probabilities, together.probabilities)
+
+
+@pytest.mark.parametrize("algorithm", ["baseline", "baseline_pp"])
+def test_a_saved_transfer_run_predicts(tmp_path, algorithm):
+    """`algo.num_classes: null` (the training classes) is resolved from the checkpoint, as in
+    training, also for a checkpoint saved before the class count was."""
+    run = tmp_path / "run"
+    train(compose_cfg(*FAST, f"algorithm={algorithm}", f"dataset.image_size={SIZE}",
+                      "dataset.signal_size=6", "backbone.hidden=8", "trainer.iterations=2",
+                      "algo.finetune_epochs=2"), run)
+    data = synthetic()
+    support, labels, queries = task(data)
+    want = load(run).adapt(support, labels).predict(queries)
+    assert want.probabilities.shape == (15, 5)
+    state = checkpoint.load(run / "best.pt")
+    assert state["preprocessing"]["train_classes"] == data.train.num_classes
+    del state["preprocessing"]["train_classes"]
+    checkpoint.save(state, tmp_path / "old.pt")
+    assert torch.equal(load(tmp_path / "old.pt").adapt(support, labels).predict(queries)
+                       .probabilities, want.probabilities)
 
 
 def test_paths_pil_images_and_tensors_give_the_same_prediction(tmp_path):
