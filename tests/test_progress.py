@@ -45,7 +45,7 @@ def test_a_60k_iteration_run_logs_under_1_mb_off_a_terminal(capfd):
     logged = stream.getvalue()
     total = len((logged + out + err).encode())
     print(f"{total} bytes for 60,000 iterations ({total / 60000:.2f} bytes/iteration)")
-    assert total < 1_000_000
+    assert total < 1_000_000, f"stdout {out[-300:]!r}, stderr {err[-300:]!r}"
     assert "\r" not in err + out  # no progress bar redraws
     lines = logged.splitlines()
     training = [l for l in lines if "loss 1.234" in l]
