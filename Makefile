@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	# learn2learn 0.2.0's sdist ships C made by an old Cython that Python 3.11 rejects:
 	# rebuild it from its .pyx (build_ext), and skip its extras (qpth pins numpy<2, gsutil).
 	$(PIP) --no-build-isolation --no-deps --config-settings=--global-option=build_ext learn2learn
-	$(PIP) --no-build-isolation -e ".[sweeps,hf,timm,dev]"
+	$(PIP) --no-build-isolation -e ".[sweeps,hf,timm,digits,dev]"
 	touch $(STAMP)
 
 .PHONY: install train test test-fast constraints

@@ -29,7 +29,7 @@ from metalearn.engine import checkpoint, io
 from metalearn.engine.io import disk_error
 from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.distributed import resolve_device
-from metalearn.engine.loop import build, samplers, seed_everything
+from metalearn.engine.loop import build, cross_line, samplers, seed_everything
 from metalearn import threads
 from metalearn.errors import ConfigError
 from metalearn.train import hydra_raises, report, say
@@ -91,9 +91,13 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
     `dataset=<name>` the run is scored on that dataset instead (cross-domain: its images mapped
     onto the training images' channels, size and statistics, engine/evaluation.py)."""
     which, split = ecfg.checkpoint, ecfg.split
-    if which not in ("best", "last") or split not in ("test", "val"):
+    cross = ecfg.get("dataset") is not None
+    if which not in ("best", "last") or split not in ("test", "val", "all"):
         raise ConfigError(f"checkpoint={which} split={split}: checkpoint must be best or last, "
-                          f"split must be test or val")
+                          f"split must be test, val or all")
+    if split == "all" and not cross:
+        raise ConfigError("split=all scores every class of another dataset: give dataset=<name> "
+                          "too, or use split=test for the run's own test classes")
     if OmegaConf.is_missing(ecfg, "run_dir"):
         raise ConfigError(NO_RUN_DIR)
     run_dir = Path(ecfg.run_dir)
@@ -107,12 +111,19 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
     progress = Progress(episodes, ecfg.get("log_every") or 100)
     tag = split
     extra: dict[str, Any] = {}
-    if ecfg.get("dataset") is not None:
+    if cross:
         name = dataset_name or "dataset"
         domains = cross_domains(cfg, {name: OmegaConf.to_container(ecfg.dataset)})
+        refs = list(ecfg.get("references") or ())
         found = evaluate_domains(algo, cfg, domains, data, device, episodes=episodes, ways=ways,
-                                 shots=shots, query=query, split=split, progress=progress)
-        res = {k.rsplit("/", 1)[1]: v for k, v in found.items()}
+                                 shots=shots, query=query, split=split, references=refs,
+                                 progress=progress)
+        key = f"{'val' if split == 'val' else 'test'}/{name}/"
+        res = {k[len(key):]: v for k, v in found.items() if k.count("/") == 2}
+        extra["references"] = {r: {m: found[f"{key}{r}/{m}"] for m in ("acc", "acc_ci95")}
+                               for r in refs}
+        if refs:
+            log.info(cross_line(found, name, refs))
         tag = f"{split}-{dataset_tag(name, ecfg.dataset)}"
         extra["dataset_config"] = OmegaConf.to_container(ecfg.dataset, resolve=True)
     else:

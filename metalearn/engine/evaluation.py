@@ -9,6 +9,16 @@ Another dataset's images are mapped onto what the model was trained on, explicit
 - normalisation: the TRAINING data's mean/std, since the first layer's weights expect inputs
   scaled that way; using the new domain's statistics would adapt to it with unlabelled test data;
 - polarity is kept as is: Omniglot's strokes are bright on black, natural images are not.
+
+A domain is scored on its test classes (`split="test"`, e.g. CUB's novel classes as Chen et al.
+2019) or on all of its classes (`split="all"`, the default of `eval.split`: the run trained on
+none of them, so a 10-class folder gives 10 test classes, not the 2 a ratio split leaves).
+Beside each domain's score stand references on the same episodes (`eval.references`), so a
+reader sees at once whether what was meta-learned helps there:
+- `pixels`: nearest class mean on the raw pixels, each image standardised (zero mean, unit
+  variance over its pixels): what any learner should beat;
+- `untrained`: the same learner (architecture, adaptation, test-time steps) at a fresh
+  initialisation from the run's seed, never trained.
 """
 from __future__ import annotations
 
@@ -20,8 +30,11 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
 
+from metalearn import build
 from metalearn.algorithms.base import MetaLearner
+from metalearn.algorithms.protonet import ProtoNet
 from metalearn.data.base import FewShotDataset, ImageSplit
 from metalearn.data.episodes import EpisodeSampler, Preprocess
 from metalearn.data.readers import resize_uint8
@@ -29,6 +42,8 @@ from metalearn.engine.distributed import World
 from metalearn.errors import ConfigError
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
+SPLIT_CHOICES = ("test", "val", "all")
+REFERENCES = ("pixels", "untrained")
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -53,7 +68,7 @@ def evaluate(algo: MetaLearner, sampler: EpisodeSampler, episodes: int, batch_si
     """
     world = world or World()
     if preprocess is None:
-        device = next(algo.parameters()).device
+        device = next(algo.parameters(), torch.zeros(())).device  # a parameter-free reference: cpu
         preprocess = Preprocess(sampler.mean, sampler.std, device)
     sampler.generator.manual_seed(seed)
     accs, losses = torch.zeros(episodes), torch.zeros(episodes)
@@ -140,32 +155,82 @@ def cross_domains(cfg: DictConfig, datasets: Any = None) -> dict[str, DictConfig
     return out
 
 
+class Pixels(nn.Module):
+    """Images -> their pixels, each image standardised: the `pixels` reference's "embedding"."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1).float()
+        return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
+
+
+def reference_learners(names: Any, cfg: DictConfig, train_data: FewShotDataset,
+                       device: torch.device) -> dict[str, MetaLearner]:
+    """The references named in `names` (module docstring), on `device`."""
+    out: dict[str, MetaLearner] = {}
+    for name in names or ():
+        if name == "pixels":
+            out[name] = ProtoNet(Pixels(), cfg.task.ways)  # squared distance to class means
+        elif name == "untrained":
+            channels, size, _ = train_data.image_shape
+            with torch.random.fork_rng(devices=[]):  # the caller's random stream is untouched
+                torch.manual_seed(cfg.seed)
+                out[name] = build.learner(cfg, channels, size, train_data.train.num_classes)
+        else:
+            raise ConfigError(f"eval.references: unknown reference {name!r} (choose from "
+                              f"{', '.join(REFERENCES)})")
+        out[name].to(device)
+    return out
+
+
+def pooled(data: FewShotDataset, name: str) -> ImageSplit:
+    """Every class of every split of `data` as one split (classes are disjoint across splits)."""
+    parts = list(data.splits().items())
+    offsets = [0]
+    for _, part in parts:
+        offsets.append(offsets[-1] + part.num_classes)
+    return ImageSplit(torch.cat([p.images for _, p in parts]),
+                      torch.cat([p.labels + k for (_, p), k in zip(parts, offsets)]),
+                      [f"{s}/{c}" for s, p in parts for c in p.class_names], name)
+
+
 def evaluate_domains(algo: MetaLearner, cfg: DictConfig, domains: Mapping[str, Any],
                      train_data: FewShotDataset, device: torch.device,
                      world: World | None = None, preprocess: Preprocess | None = None,
                      episodes: int | None = None, ways: int | None = None,
                      shots: int | None = None, query: int | None = None,
-                     split: str = "test",
+                     split: str = "test", references: Any = (),
                      progress: Callable[[int], None] | None = None) -> dict[str, float]:
-    """Score `algo` on the `split` of each domain (name -> dataset config or FewShotDataset).
+    """Score `algo` on the `split` of each domain (name -> dataset config or FewShotDataset),
+    and each of `references` on the same episodes.
 
     Each domain's images are mapped to `train_data`'s shape and normalised with its statistics
     (module docstring); episodes come from `trainer.eval_seed` as for the run's own test, with
-    the run's task settings unless given. Returns flat keys `<split>/<name>/{acc,acc_ci95,loss}`.
+    the run's task settings unless given. Returns flat keys `<key>/<name>/{acc,acc_ci95,loss}`
+    and `<key>/<name>/<reference>/{acc,acc_ci95}`, `<key>` = val for split=val, else test.
     """
+    if split not in SPLIT_CHOICES:
+        raise ConfigError(f"split={split!r}: choose one of {', '.join(SPLIT_CHOICES)}")
     tc, t = cfg.trainer, cfg.task
     where = device if tc.data_on_device else torch.device("cpu")
     preprocess = preprocess or Preprocess(train_data.mean, train_data.std, device)
+    refs = reference_learners(references, cfg, train_data, device) if domains else {}
+    key = "val" if split == "val" else "test"
     out: dict[str, float] = {}
     for name, dataset in domains.items():
         data = dataset if isinstance(dataset, FewShotDataset) else instantiate(dataset)
-        part = data.splits()[split]
+        part = pooled(data, name) if split == "all" else data.splits()[split]
         mapped = ImageSplit(adapt_images(part.images, train_data.image_shape), part.labels,
                             part.class_names, f"{name} {split}")
         sampler = EpisodeSampler(mapped, ways or t.ways, shots or t.shots, query or t.query,
                                  train_data.mean, train_data.std, device=where)
-        res = evaluate(algo, sampler, episodes or tc.test_episodes, tc.eval_batch_size,
-                       tc.eval_seed, world, preprocess, progress)
-        out.update({f"{split}/{name}/acc": res["acc"], f"{split}/{name}/acc_ci95": res["acc_ci95"],
-                    f"{split}/{name}/loss": res["loss"]})
+        n = episodes or tc.test_episodes
+        res = evaluate(algo, sampler, n, tc.eval_batch_size, tc.eval_seed, world, preprocess,
+                       progress)
+        out.update({f"{key}/{name}/acc": res["acc"], f"{key}/{name}/acc_ci95": res["acc_ci95"],
+                    f"{key}/{name}/loss": res["loss"]})
+        for ref, learner in refs.items():  # the same episodes: the same sampler seed
+            r = evaluate(learner, sampler, n, tc.eval_batch_size, tc.eval_seed, world,
+                         preprocess)
+            out.update({f"{key}/{name}/{ref}/acc": r["acc"],
+                        f"{key}/{name}/{ref}/acc_ci95": r["acc_ci95"]})
     return out

@@ -316,6 +316,15 @@ def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
     return None
 
 
+def cross_line(scores: dict[str, float], name: str, references: list[str]) -> str:
+    """One log line: a domain's accuracy and its references' (evaluate_domains' keys)."""
+    key = next(k for k in scores if k.endswith(f"/{name}/acc")).rsplit("/", 2)[0]
+    parts = [(name, f"{key}/{name}/")] + [(r, f"{key}/{name}/{r}/") for r in references]
+    return f"{key} on {name}: " + ", ".join(
+        f"{what} {100 * scores[k + 'acc']:.2f} ± {100 * scores[k + 'acc_ci95']:.2f}%"
+        for what, k in parts)
+
+
 def _test(cfg: DictConfig, state: checkpoint.TrainingState, data: FewShotDataset,
           sample: dict[str, EpisodeSampler],
           prep: Preprocess, logger: RunLogger, out_dir: Path, device: torch.device) -> dict[str, Any]:
@@ -333,8 +342,13 @@ def _test(cfg: DictConfig, state: checkpoint.TrainingState, data: FewShotDataset
                "world_size": world.size, "train_time_s": train_time,
                "wall_time_s": state.elapsed(), "device": str(device),  # all processes, as train
                **provenance(device)}
-    cross = evaluate_domains(algo, cfg, cross_domains(cfg), data, device, world, prep)
+    ev = cfg.get("eval") or {}
+    domains, refs = cross_domains(cfg), list(ev.get("references") or ())
+    cross = evaluate_domains(algo, cfg, domains, data, device, world, prep,
+                             split=ev.get("split", "all"), references=refs)
     results.update(cross)  # flat test/<domain>/acc keys (eval.datasets)
+    for name in domains if world.is_main else ():
+        log.info(cross_line(cross, name, refs))
     logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], **cross})
     logger.summary(results)
     if world.is_main:
