@@ -136,6 +136,7 @@ SLOW = {
     "test_progress.py::test_train_log_holds_setting_training_validation_and_result",
     "test_progress.py::test_resume_from_another_directory_continues_that_runs_train_log",
     "test_progress.py::test_a_60k_iteration_run_logs_under_1_mb_off_a_terminal",
+    "test_extending.py::test_the_documented_algorithm_dataset_and_backbone_train_and_predict",
 }
 
 

@@ -3,7 +3,8 @@
 What counts as a command: in fenced code blocks, every line (after joining `\\` continuations)
 that runs `train.py`, `metalearn-<app>`, `scripts/<name>.py` or `make train ARGS="..."`; in prose,
 inline code that starts with one of those (optionally after `python`). Lines whose comment starts
-with `# error` show a failure on purpose and are not collected.
+with `# error` show a failure on purpose and are not collected; nor are those whose comment says
+`# run by tests/<file>`, a test that sets up what the command needs and runs it.
 
 How each is checked:
 - the Hydra apps (`train.py`/`metalearn-train`, `scripts/evaluate.py`/`metalearn-eval`): their
@@ -111,7 +112,7 @@ def collect() -> list[Command]:
                     joined = joined[:-1].rstrip()
                     continue
                 text, joined, where, start = joined, "", f"{doc.name}:{start}", 0
-                if re.search(r"#\s*error", text):
+                if re.search(r"#\s*(error|run by tests/)", text):
                     continue
                 cmd = _parse(text, where)
                 if cmd:

@@ -40,13 +40,7 @@ from metalearn.models.norm import inner_step, require_exact_norms
 
 Params = dict[str, torch.Tensor]
 UpdateRule = Callable[[int, Params, Params], Params]
-
-
-def sgd_update(lr: float) -> UpdateRule:
-    """MAML's inner step: the same scalar lr for every parameter and step."""
-    def update(step: int, fast: Params, grads: Params) -> Params:
-        return {n: p - lr * grads[n] for n, p in fast.items()}
-    return update
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> scalar
 
 
 def adapt_batched(model: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor,
@@ -54,6 +48,7 @@ def adapt_batched(model: nn.Module, support_x: torch.Tensor, support_y: torch.Te
                   update: UpdateRule, first_order: bool,
                   adapt: Callable[[str], bool] = lambda name: True,
                   step_weights: torch.Tensor | None = None,
+                  inner_loss: Loss = F.cross_entropy, query_loss: Loss = F.cross_entropy,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapt on each task's support set, score its queries: (loss [B], query logits [B, Q, ways]).
 
@@ -74,7 +69,7 @@ def adapt_batched(model: nn.Module, support_x: torch.Tensor, support_y: torch.Te
     def task(fast: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor,
              qy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         def support_loss(f: Params) -> torch.Tensor:
-            return F.cross_entropy(functional_call(model, f, (sx,)), sy)
+            return inner_loss(functional_call(model, f, (sx,)), sy)
 
         loss = 0
         for step in range(steps):
@@ -86,7 +81,7 @@ def adapt_batched(model: nn.Module, support_x: torch.Tensor, support_y: torch.Te
             if step in scored:
                 with inner_step(step):
                     logits = functional_call(model, fast, (qx,))
-                step_loss = F.cross_entropy(logits, qy)
+                step_loss = query_loss(logits, qy)
                 loss = step_loss if weights is None else loss + weights[step] * step_loss
         return loss, logits
 

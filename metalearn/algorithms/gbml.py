@@ -87,6 +87,15 @@ class GBML(MetaLearner):
     def step_weights(self) -> torch.Tensor | None:
         return None
 
+    def inner_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the inner loop descends on a task's support set (both engines, and Reptile)."""
+        return F.cross_entropy(logits, y)
+
+    def query_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A task's query loss after adaptation: what meta-training minimises and what is
+        reported (for Reptile only reported: its update is no loss's gradient)."""
+        return F.cross_entropy(logits, y)
+
     def inner_update(self, step: int, fast: Params, grads: Params) -> Params:
         """One inner SGD step on the fast weights (batched engine); `step` counts from 0."""
         return {n: p - self.step_lr(n, step) * grads[n] for n, p in fast.items()}
@@ -109,7 +118,7 @@ class GBML(MetaLearner):
         logits = []
         for step in range(steps):
             with inner_step(step):
-                loss = F.cross_entropy(learner(x), y)
+                loss = self.inner_loss(learner(x), y)
             self._inner_step(learner, loss, step, first_order)
             if query is not None:
                 with inner_step(step):
@@ -124,7 +133,8 @@ class GBML(MetaLearner):
         embed = vmap(self.features, randomness="different")
         return adapt_batched(self.model, embed(episodes.support_x), episodes.support_y,
                              embed(episodes.query_x), episodes.query_y, steps,
-                             self.inner_update, first_order, self.adapts, step_weights)
+                             self.inner_update, first_order, self.adapts, step_weights,
+                             self.inner_loss, self.query_loss)
 
     def forward(self, episodes: Episodes) -> TaskMetrics:
         weights, steps = self.step_weights(), self.adaptation_steps
@@ -142,10 +152,10 @@ class GBML(MetaLearner):
             if weights is None:
                 with inner_step(steps - 1):
                     logits = [learner(zq)]
-                loss = F.cross_entropy(logits[0], qy)
+                loss = self.query_loss(logits[0], qy)
             else:
                 weights = weights.to(zq.device, zq.dtype)
-                loss = sum(w * F.cross_entropy(l, qy) for w, l in zip(weights, logits))
+                loss = sum(w * self.query_loss(l, qy) for w, l in zip(weights, logits))
             losses.append(loss)
             accs.append(accuracy(logits[-1].detach(), qy))
         return TaskMetrics(torch.stack(losses), torch.stack(accs))
@@ -164,7 +174,7 @@ class GBML(MetaLearner):
                 learner, _ = self._adapt(zs, episodes.support_y[t], steps, first_order=True)
             with torch.no_grad(), inner_step(steps - 1):
                 logits = learner(zq)
-                losses.append(F.cross_entropy(logits, episodes.query_y[t]))
+                losses.append(self.query_loss(logits, episodes.query_y[t]))
                 accs.append(accuracy(logits, episodes.query_y[t]))
         return TaskMetrics(torch.stack(losses), torch.stack(accs))
 

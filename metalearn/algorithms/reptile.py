@@ -34,7 +34,6 @@ from typing import Annotated, Optional
 from annotated_types import Ge
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -152,7 +151,7 @@ class Reptile(GBML):
         for idx in minibatches(len(x), batch, steps):
             xb, yb = (x, y) if idx is None else (x[idx.to(x.device)], y[idx.to(y.device)])
             with torch.enable_grad():
-                grads = torch.autograd.grad(F.cross_entropy(w(xb.detach()), yb), params)
+                grads = torch.autograd.grad(self.inner_loss(w(xb.detach()), yb), params)
             t += 1
             with torch.no_grad():
                 if self.inner_optimizer == "adam":
@@ -189,14 +188,14 @@ class Reptile(GBML):
 
         def task(sx, sy, qx, qy, order):
             def support_loss(f: Params, xb, yb) -> torch.Tensor:
-                return F.cross_entropy(functional_call(model, f, (xb,)), yb)
+                return self.inner_loss(functional_call(model, f, (xb,)), yb)
 
             fast, state = dict(theta), dict(sq0)
             for step in range(steps):
                 xb, yb = sx[order[step]], sy[order[step]]
                 fast = self._update(t0 + step + 1, fast, grad(support_loss)(fast, xb, yb), state)
             logits = functional_call(model, fast, (qx,))
-            return fast, F.cross_entropy(logits, qy), logits
+            return fast, self.query_loss(logits, qy), logits
 
         return vmap(task, randomness="different")(episodes.support_x, episodes.support_y,
                                                   episodes.query_x, episodes.query_y, idx)
@@ -223,7 +222,7 @@ class Reptile(GBML):
                                          self.inner_batch, sq, t)
                 with torch.no_grad():
                     all_logits.append(learner(episodes.query_x[i]))
-                losses.append(F.cross_entropy(all_logits[-1], episodes.query_y[i]))
+                losses.append(self.query_loss(all_logits[-1], episodes.query_y[i]))
                 phi.append([p.detach().clone() for p in learner.parameters()])
             if self.carry_state:
                 self._save_state(sq, t)

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from metalearn.algorithms import gbml
 from metalearn.algorithms.anil import ANIL
-from metalearn.algorithms.functional import adapt_batched, sgd_update
+from metalearn.algorithms.functional import adapt_batched
 from metalearn.algorithms.maml import MAML
 from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.data.episodes import Episodes
@@ -143,7 +143,7 @@ def test_zero_step_weights_skip_their_query_pass_exactly():
     algo, _ = make("conv4", first_order=False)
     ep = episodes()
     args = (algo.model, ep.support_x, ep.support_y, ep.query_x, ep.query_y, 2,
-            sgd_update(0.3), False)
+            algo.inner_update, False)
     calls = []
     algo.model[1].register_forward_hook(lambda *a: calls.append(1))
     last, logits = adapt_batched(*args)
@@ -281,3 +281,26 @@ def test_cuda_bf16_and_channels_last_run():
     _, want = meta_gradients(algo, ep, "batched")
     _, got = meta_gradients(algo, ep, "batched", amp="bf16")
     assert rel(got, want) < AMP_TOLERANCE
+
+
+class SmoothedMAML(MAML):
+    """The extension hook: a subclass that only changes the losses, on both engines."""
+
+    def inner_loss(self, logits, y):
+        return F.cross_entropy(logits, y, label_smoothing=0.2)
+
+    def query_loss(self, logits, y):
+        return F.cross_entropy(logits, y, label_smoothing=0.1)
+
+
+def test_a_custom_inner_and_query_loss_reach_both_engines_exactly():
+    torch.manual_seed(0)
+    algo = SmoothedMAML(Conv4(1, 12, hidden=6), ways=3, inner_lr=0.3, adaptation_steps=2)
+    ep = episodes()
+    assert_engines_agree(algo.double(), ep)
+    plain, _ = make("conv4", first_order=False)
+    plain.load_state_dict(algo.state_dict())
+    for engine in ("l2l", "batched"):  # the hooks change what is computed, on either engine
+        loss, grads = meta_gradients(algo, ep, engine)
+        plain_loss, plain_grads = meta_gradients(plain, ep, engine)
+        assert not torch.allclose(loss, plain_loss) and not torch.allclose(grads, plain_grads)
