@@ -25,14 +25,14 @@ import metalearn  # noqa: F401  (silences gym's import banner before learn2learn
 from metalearn import safety
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
-from metalearn.engine import checkpoint, io
-from metalearn.engine.io import disk_error
+from metalearn import checkpoint, io
+from metalearn.io import disk_error
 from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, cross_line, samplers, seed_everything
 from metalearn import threads
 from metalearn.errors import ConfigError
-from metalearn.train import hydra_raises, report, say
+from metalearn.cli import hydra_raises, report, say
 
 log = logging.getLogger("metalearn.evaluate")
 

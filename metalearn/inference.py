@@ -32,25 +32,13 @@ from PIL import Image
 
 from metalearn import build, safety
 from metalearn.algorithms.base import Classifier, MetaLearner
-from metalearn.data.base import FewShotDataset
 from metalearn.data.readers import IMAGE_EXTENSIONS, image_files
-from metalearn.engine import checkpoint
+from metalearn import checkpoint
 from metalearn import threads
 from metalearn.errors import ConfigError, DataError, MetalearnError
 
 ImageLike = Union[str, Path, Image.Image, torch.Tensor, np.ndarray]
 BATCH_SIZE = 256  # queries per forward pass: bounds memory (2,000 at 84x84 in one pass took 8 GB)
-
-
-def preprocessing(data: FewShotDataset) -> dict[str, Any]:
-    """How `data`'s images were made from files, and how many classes the learner trained on,
-    as plain values (saved in checkpoints): what a saved model needs of its data."""
-    channels, size, _ = data.image_shape
-    # every reader here resizes with LANCZOS; Omniglot stores ink as 1 (Finn et al. 2017)
-    return {"channels": channels, "image_size": size, "resize": "LANCZOS",
-            "invert": data.name.startswith("omniglot"),
-            "mean": [float(m) for m in data.mean], "std": [float(s) for s in data.std],
-            "train_classes": data.train.num_classes}
 
 
 class Preprocessor:
@@ -211,7 +199,7 @@ def load(path: str | Path, device: torch.device | str = "cpu",
     cfg = safety.checked(state.get("config"), path)
     prep = state.get("preprocessing")
     if prep is None or ("train_classes" not in prep and cfg.algo.get("num_classes", 0) is None):
-        prep = preprocessing(instantiate(cfg.dataset))  # saved before they were: from its data
+        prep = instantiate(cfg.dataset).preprocessing()  # saved before they were: from its data
     learner = build.learner(cfg, prep["channels"], prep["image_size"], prep.get("train_classes"))
     learner.load_state_dict(state["model"])
     return FewShotModel(learner, prep, device)

@@ -23,7 +23,7 @@ from torch.distributed.run import parse_args, run
 
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE
 from metalearn.threads import USER_OMP_ENV
-from metalearn.train import EXIT_DIR_ENV
+from metalearn.cli import EXIT_DIR_ENV
 
 
 def main(argv: list[str] | None = None) -> int:

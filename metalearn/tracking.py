@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-from metalearn.engine.io import disk_errors, note_written
+from metalearn.io import disk_errors, note_written
 
 # Keys of results.json -> names in a tracker's summary (the namespaces of the logged metrics).
 SUMMARY_NAMES = {"best_val_acc": "val/best_acc", "best_iteration": "val/best_iteration"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -77,6 +77,7 @@ class FewShotDataset:
     test: ImageSplit
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    invert: bool = False  # the reader inverted the files' pixels (Omniglot: ink is 1)
 
     def __post_init__(self) -> None:
         shapes = {s.image_shape for s in self.splits().values()}
@@ -92,6 +93,16 @@ class FewShotDataset:
 
     def splits(self) -> dict[str, ImageSplit]:
         return {s: getattr(self, s) for s in SPLITS}
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How the images were made from files, and how many classes training saw, as plain
+        values (saved in checkpoints): what a saved model needs to read a new image."""
+        channels, size, _ = self.image_shape
+        return {"channels": channels, "image_size": size,
+                "resize": "LANCZOS",  # what every reader here resizes with
+                "invert": self.invert,
+                "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std],
+                "train_classes": self.train.num_classes}
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -126,7 +126,8 @@ def load_omniglot(root: str | Path, image_size: int = 28, split_sizes: tuple = (
     build = _with_rotations if rotations else _without_rotations
     train, val, test = (build(everything, i.sort().values, nm)
                         for i, nm in zip(ids, ("train", "val", "test")))
-    return FewShotDataset("omniglot", train, val, test, mean=(0.0,), std=(1.0,))
+    # ink as 1 (Finn et al. 2017): the files' pixels were inverted
+    return FewShotDataset("omniglot", train, val, test, mean=(0.0,), std=(1.0,), invert=True)
 
 
 def _without_rotations(chars: ImageSplit, ids: torch.Tensor, name: str) -> ImageSplit:

@@ -31,13 +31,14 @@ from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
 from metalearn.build import learner as build_learner
 from metalearn.config_check import validate
-from metalearn.engine import checkpoint, distributed, io, rundir
+from metalearn import checkpoint, io
+from metalearn.engine import distributed, rundir
+from metalearn.engine.checkpoint import TrainingState, latest, resume_config
 from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.engine.progress import Progress, log
 from metalearn.errors import ConfigError, TrainingError
 from metalearn import threads
-from metalearn.inference import preprocessing
 from metalearn.tracking import RunLogger
 
 
@@ -177,14 +178,14 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
         if world.is_main:
             rundir.prepare(out_dir, resume=bool(mode), overwrite=bool(cfg.get("overwrite")))
             rundir.save_hydra_files(out_dir, cfg, resume=bool(mode))
-        found = checkpoint.latest(out_dir, verbose=world.is_main) if mode else None
+        found = latest(out_dir, verbose=world.is_main) if mode else None
         if found is None and mode not in (False, "auto"):
             raise ConfigError(f"resume={mode} but {out_dir} holds no checkpoint "
                               f"({', '.join(checkpoint.RESUMABLE)}): pass the run's directory "
                               f"as hydra.run.dir=<dir> (or resume=<dir>), or drop resume")
         saved = found[0] if found else None
         if saved is not None:
-            cfg = checkpoint.resume_config(cfg, saved, overrides, use_saved=own_dir,
+            cfg = resume_config(cfg, saved, overrides, use_saved=own_dir,
                                            source=found[1])
         if world.is_main:
             io.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -204,9 +205,9 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
         if cfg.task.get("train_ways"):
             algo.check_ways(cfg.task.train_ways)
         opt = instantiate(cfg.optimizer, params=algo.parameters())
-        state = checkpoint.TrainingState(algo, opt, {k: s.generator for k, s in sample.items()},
+        state = TrainingState(algo, opt, {k: s.generator for k, s in sample.items()},
                                          world, config=OmegaConf.to_container(cfg),
-                                         preprocessing=preprocessing(data))
+                                         preprocessing=data.preprocessing())
 
         # 4. restore
         if saved is not None:
@@ -239,7 +240,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
             logger.finish(exit_code, preempted=preempted)
 
 
-def _save(state: checkpoint.TrainingState, logger: RunLogger, out_dir: Path, best: bool) -> None:
+def _save(state: TrainingState, logger: RunLogger, out_dir: Path, best: bool) -> None:
     """After the iteration's log lines, so a resume cuts metrics.jsonl right there."""
     state.wandb_run_id, state.metrics_bytes = logger.run_id, logger.metrics_offset
     state.wandb_name, state.wandb_group = logger.identity
@@ -251,7 +252,7 @@ def _save(state: checkpoint.TrainingState, logger: RunLogger, out_dir: Path, bes
     state.saved_iteration = state.iteration
 
 
-def _fit(cfg: DictConfig, state: checkpoint.TrainingState, scheduler: Any,
+def _fit(cfg: DictConfig, state: TrainingState, scheduler: Any,
          sample: dict[str, EpisodeSampler], prep: Preprocess, logger: RunLogger, out_dir: Path,
          stop: StopSignals) -> int | None:
     """Meta-train from `state.iteration` to `trainer.iterations`; the iteration at which a stop
@@ -325,7 +326,7 @@ def cross_line(scores: dict[str, float], name: str, references: list[str]) -> st
         for what, k in parts)
 
 
-def _test(cfg: DictConfig, state: checkpoint.TrainingState, data: FewShotDataset,
+def _test(cfg: DictConfig, state: TrainingState, data: FewShotDataset,
           sample: dict[str, EpisodeSampler],
           prep: Preprocess, logger: RunLogger, out_dir: Path, device: torch.device) -> dict[str, Any]:
     """Score best.pt on the test split; write results.json."""

@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from metalearn.engine import io
-from metalearn.engine.checkpoint import remove_temp_files
-from metalearn.engine.io import MANIFEST, ONLINE_STATE, RESUMABLE, read_manifest
+from metalearn import io
+from metalearn.checkpoint import remove_temp_files
+from metalearn.io import MANIFEST, ONLINE_STATE, RESUMABLE, read_manifest
 from metalearn.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)

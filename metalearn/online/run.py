@@ -21,7 +21,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from metalearn import safety
 from metalearn.config_check import validate
 from metalearn.data.episodes import Preprocess
-from metalearn.engine import checkpoint, io, rundir
+from metalearn import checkpoint, io
+from metalearn.engine import rundir
+from metalearn.engine.checkpoint import restore_rng, rng_state
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, seed_everything
 from metalearn.engine.progress import line_every
@@ -187,7 +189,7 @@ def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
                               f"data under paths.data_dir changed?): start a new run")
         learner.load_state_dict(state["learner"])
         buffer.load_state_dict(state["buffer"])
-        checkpoint.restore_rng(state["rng"], gens)
+        restore_rng(state["rng"], gens)
         hist, first = state["history"], state["round"]
         log.info("resuming the stream at round %d of %d", first + 1, len(stream))
     logger = make_logger(cfg, out_dir, state["metrics_bytes"] if state else 0)
@@ -199,7 +201,7 @@ def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
         checkpoint.save_rotating(
             {"format": checkpoint.FORMAT, "version": checkpoint.VERSION,
              "round": done, "learner": learner.state_dict(), "buffer": buffer.state_dict(),
-             "rng": checkpoint.rng_state(gens), "history": hist, "stream": stream.fingerprint(),
+             "rng": rng_state(gens), "history": hist, "stream": stream.fingerprint(),
              "metrics_bytes": logger.metrics_offset, "wandb_run_id": logger.run_id,
              "config": OmegaConf.to_container(cfg, resolve=True)}, out_dir / STATE)
     save.since = start

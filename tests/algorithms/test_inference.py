@@ -14,10 +14,10 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from metalearn import build, inference
-from metalearn.engine import checkpoint
+from metalearn import checkpoint
 from metalearn.engine.loop import train
 from metalearn.errors import DataError
-from metalearn.inference import FewShotModel, load, main, preprocessing
+from metalearn.inference import FewShotModel, load, main
 from tests.algorithms.test_learners import ALGORITHMS
 from tests.conftest import FAST, ROOT, compose_cfg
 
@@ -44,7 +44,7 @@ def model(algorithm, data):
     learner = build.learner(cfg, 1, SIZE, data.train.num_classes)
     if hasattr(learner, "test_adaptation_steps"):
         learner.test_adaptation_steps = 2
-    return FewShotModel(learner, preprocessing(data))
+    return FewShotModel(learner, data.preprocessing())
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -118,7 +118,7 @@ def test_cli_predicts_a_folder_from_a_trained_run(tmp_path, capsys):
     train(compose_cfg(*FAST, "algorithm=protonet", f"dataset.image_size={SIZE}",
                       "dataset.signal_size=6", "backbone.hidden=8", "trainer.iterations=2"), run)
     state = checkpoint.load(run / "best.pt")
-    assert state["preprocessing"] == preprocessing(synthetic())
+    assert state["preprocessing"] == synthetic().preprocessing()
     data = synthetic()
     support, labels, queries = task(data, query=1)
     for i, (x, label) in enumerate(zip(support, labels)):
@@ -141,7 +141,7 @@ def test_cli_predicts_a_folder_from_a_trained_run(tmp_path, capsys):
     # a checkpoint from before preprocessing was saved: rebuilt from its dataset config
     del state["preprocessing"]
     checkpoint.save(state, tmp_path / "old.pt")
-    assert load(tmp_path / "old.pt").preprocessor.prep == preprocessing(data)
+    assert load(tmp_path / "old.pt").preprocessor.prep == data.preprocessing()
     with pytest.raises(SystemExit) as e:
         main([str(run), str(tmp_path / "nowhere"), str(tmp_path / "query")])
     assert e.value.code == 2

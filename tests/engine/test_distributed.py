@@ -8,7 +8,7 @@ import torch
 from metalearn.algorithms.maml import MAML
 from metalearn.data.episodes import EpisodeSampler
 from metalearn.data.synthetic import load_synthetic
-from metalearn.engine import checkpoint
+from metalearn import checkpoint
 from metalearn.engine.evaluation import evaluate
 from metalearn.engine.loop import build, samplers
 from metalearn.models.conv4 import Conv4

@@ -20,7 +20,8 @@ from omegaconf import OmegaConf, open_dict
 from metalearn.config_check import validate
 from metalearn.data import cache
 from metalearn.data.base import ImageSplit
-from metalearn.engine import checkpoint, rundir
+from metalearn import checkpoint
+from metalearn.engine import rundir
 from metalearn.engine.loop import train
 from metalearn.engine.preemption import Preempted
 from metalearn.errors import ConfigError, DiskError, TrainingError
@@ -177,7 +178,7 @@ def test_sigterm_during_start_up_is_one_line_and_exit_143(tmp_path):
 
 
 def test_a_full_disk_under_hydras_own_writes_names_no_none():
-    from metalearn.engine.io import disk_error
+    from metalearn.io import disk_error
     err = disk_error(OSError(errno.ENOSPC, "No space left on device"), None)  # no filename
     assert str(err).startswith("cannot write the run directory's files: No space left on device. "
                                "Free space")
@@ -451,7 +452,7 @@ def test_a_signal_during_the_final_test_stops_at_once_with_everything_saved(
 
 @pytest.mark.parametrize("saved, code", [(3, 75), (None, 128 + signal.SIGTERM)])
 def test_the_exit_code_says_whether_there_is_something_to_resume(saved, code, capsys):
-    from metalearn.train import report
+    from metalearn.cli import report
 
     assert report(Preempted(signal.SIGTERM, 5, "out/run 1/last.pt", saved)) == code
     err = capsys.readouterr().err

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from metalearn import inference, safety
-from metalearn.engine import checkpoint
+from metalearn import checkpoint
 from metalearn.engine.loop import train
 from metalearn.errors import ConfigError
 from metalearn.evaluate import run as evaluate

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from metalearn.engine import checkpoint
+from metalearn import checkpoint
 from metalearn.engine.loop import train
 from metalearn.errors import ConfigError
 from metalearn.evaluate import run as evaluate

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metalearn.engine import checkpoint, io, rundir
+from metalearn import checkpoint, io
+from metalearn.engine import rundir
 from metalearn.engine.loop import train
 from metalearn.errors import ConfigError, TrainingError
 from tests.conftest import FAST, ROOT, compose_cfg

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from metalearn.engine import io, rundir
+from metalearn import io
+from metalearn.engine import rundir
 from metalearn.engine.loop import train
 from metalearn.errors import ConfigError, TrainingError
 from tests.conftest import FAST, compose_cfg

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metalearn.data.episodes import Preprocess
-from metalearn.engine import checkpoint
+from metalearn import checkpoint
 from metalearn.errors import ConfigError, TrainingError
 from metalearn.online.buffer import TaskBuffer
 from metalearn.online.learners import FTML
