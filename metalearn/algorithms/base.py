@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from metalearn.data.episodes import EpisodeSampler, Episodes
@@ -37,16 +36,6 @@ Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).float().mean(-1)
-
-
-def score_tasks(episodes: Episodes, query_logits) -> TaskMetrics:
-    """Per-task query loss and accuracy, `query_logits(t)` giving task t's query logits."""
-    losses, accs = [], []
-    for t in range(len(episodes)):
-        logits, labels = query_logits(t), episodes.query_y[t]
-        losses.append(F.cross_entropy(logits, labels))
-        accs.append(accuracy(logits.detach(), labels))
-    return TaskMetrics(torch.stack(losses), torch.stack(accs))
 
 
 class MetaLearner(nn.Module):

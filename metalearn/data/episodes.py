@@ -94,8 +94,8 @@ class Preprocess:
 class EpisodeSampler:
     """Draws meta-batches of N-way, K-shot tasks with Q disjoint query images per class.
 
-    `sample` returns uint8 images; `preprocess` (mean/std of the dataset, on the sampler's
-    device) normalises them; the loop builds its own `Preprocess` for the training device.
+    `sample` returns uint8 images; a `Preprocess` (the dataset's mean/std) makes them the
+    model's normalised floats on the training device.
     """
 
     def __init__(self, split: ImageSplit, ways: int, shots: int, query: int,
@@ -118,7 +118,6 @@ class EpisodeSampler:
         self.max_count = int(split.counts.max())  # here, not per draw: it would sync the device
         self.ways, self.shots, self.query = ways, shots, query
         self.mean, self.std = tuple(mean), tuple(std)
-        self.preprocess = Preprocess(mean, std, self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 

@@ -40,7 +40,7 @@ FREE_KEYS = ("resume", "device", "paths.", "logger.")
 
 
 def make_logger(cfg: DictConfig, out_dir: Path, metrics_offset: int) -> RunLogger:
-    """The one place that builds the tracker (its construction is being changed elsewhere)."""
+    """The one place that builds the tracker."""
     return RunLogger(cfg, out_dir, metrics_offset=metrics_offset)
 
 

@@ -31,7 +31,7 @@ def test_sampler_returns_uint8_and_preprocess_normalises_to_float():
     sampler = make(split, 3, 1, 2)
     ep = sampler.sample(4)
     assert ep.support_x.dtype == torch.uint8 and ep.query_x.dtype == torch.uint8
-    out = sampler.preprocess(ep)
+    out = Preprocess(sampler.mean, sampler.std)(ep)
     assert out.support_x.dtype == torch.float32
     assert torch.equal(trace(out.support_x), trace(ep.support_x))
     assert torch.equal(out.query_y, ep.query_y)
