@@ -22,6 +22,17 @@ CASES = {  # config name -> (fixture writer, extra overrides, image shape)
     "imagefolder": (fixtures.make_imagefolder, [], (3, 84, 84)),
     "huggingface": (fixtures.make_huggingface, [], (3, 84, 84)),
 }
+# Configs that read no files of their own, tested with their loaders
+ELSEWHERE = {"omniglot": "tests/data/test_omniglot.py (the real data, from ../shared)",
+             "synthetic": "every engine test", "synthetic_domains": "tests/online",
+             "digits": "tests/data/test_digits.py (scikit-learn's own copy)"}
+
+
+def test_every_shipped_dataset_config_is_tested():
+    """A new configs/dataset/*.yaml fails here until CASES has a fixture for it."""
+    shipped = {p.stem for p in Path(CONFIGS, "dataset").glob("*.yaml")}
+    assert shipped - set(ELSEWHERE) == set(CASES), (
+        f"dataset configs without a fixture in CASES: {sorted(shipped - set(ELSEWHERE) - set(CASES))}")
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
