@@ -6,7 +6,9 @@
 
 With --eval, the record's test number is that re-score of the run (scripts/evaluate.py with
 other ways, shots or episodes, written into the run dir) and its command is the evaluation's,
-after the training command.
+after the training command. With --crossdomain, the record is of the run scored on another
+dataset (scripts/evaluate.py ... dataset=<name>, which also scores the references on the same
+episodes) and goes to results/crossdomain/.
 
 The record holds the run's overrides (so the command that reproduces it), its resolved
 config, results.json (test mean ± CI, episodes, wall and CPU time, threads, processor,
@@ -32,6 +34,26 @@ EVAL_KEYS = {"split": "split", "checkpoint": "checkpoint", "episodes": "episodes
              "ways": "task.ways", "shots": "task.shots", "query": "task.query"}
 
 
+def _dataset_overrides(evaluation: dict) -> list[str]:
+    """`dataset=<name>` and the dataset config's values, for a cross-domain score."""
+    if "dataset_config" not in evaluation:
+        return []
+    given = {k: v for k, v in evaluation["dataset_config"].items() if k != "_target_"}
+    return [f"dataset={evaluation['dataset']}",
+            *(f"dataset.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in given.items())]
+
+
+def build_crossdomain(run_dir: Path, name: str, eval_file: str, note: str | None) -> dict:
+    trained = build_record(run_dir, name, None, None, None, None, eval_file)
+    e, own = trained["evaluation"], json.loads((run_dir / "results.json").read_text())
+    return {"name": name, "note": note, "recorded": trained["recorded"],
+            "trained": trained["command"], "trained_test_acc": own["test_acc"],
+            "command": e["command"], "dataset": e["dataset"], "split": e["split"],
+            "ways": e["ways"], "shots": e["shots"], "query": e["query"],
+            "episodes": e["episodes"], "acc": e["acc"], "acc_ci95": e["acc_ci95"],
+            "references": e.get("references") or {}, "commit": own.get("commit")}
+
+
 def build_record(run_dir: Path, name: str, target: float | None, paper: float | None,
                  paper_source: str | None, note: str | None, eval_file: str | None = None) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
@@ -41,7 +63,8 @@ def build_record(run_dir: Path, name: str, target: float | None, paper: float | 
         results = {**results, "test_acc": evaluation["acc"], "test_acc_ci95": evaluation["acc_ci95"],
                    "test_loss": evaluation.get("loss"), "test_episodes": evaluation["episodes"]}
         evaluation["command"] = "python scripts/evaluate.py run_dir=<the run's dir> " + " ".join(
-            f"{key}={evaluation[k]}" for k, key in EVAL_KEYS.items() if k in evaluation)
+            [*(f"{key}={evaluation[k]}" for k, key in EVAL_KEYS.items() if k in evaluation),
+             *_dataset_overrides(evaluation)])
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
     # where the run was written says nothing about the result: leave it out of the command
     overrides = [o for o in overrides
@@ -76,15 +99,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", help="what differs from the preset or the paper, and why")
     p.add_argument("--eval", dest="eval_file", help="a re-score file in the run dir "
                    "(eval-*.json from scripts/evaluate.py) that gives the record's test number")
+    p.add_argument("--crossdomain", metavar="EVAL_FILE", help="a cross-domain eval-*.json in the "
+                   "run dir (scripts/evaluate.py ... dataset=<name>): a record in "
+                   "results/crossdomain/ of the run on that dataset beside its references")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
     if not (a.run_dir / "results.json").is_file():
         print(f"error: {a.run_dir} has no results.json: record a finished run", file=sys.stderr)
         return 2
-    if a.eval_file and not (a.run_dir / a.eval_file).is_file():
-        print(f"error: {a.run_dir / a.eval_file} not found: give the name of an eval-*.json that "
+    given = a.crossdomain or a.eval_file
+    if given and not (a.run_dir / given).is_file():
+        print(f"error: {a.run_dir / given} not found: give the name of an eval-*.json that "
               f"scripts/evaluate.py wrote into the run dir", file=sys.stderr)
         return 2
+    if a.crossdomain:
+        record = build_crossdomain(a.run_dir, a.name, a.crossdomain, a.note)
+        out = a.out / "crossdomain"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{a.name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        print(f"{out / a.name}.json: {100 * record['acc']:.2f}%")
+        return 0
     record = build_record(a.run_dir, a.name, a.target, a.paper, a.paper_source, a.note,
                           a.eval_file)
     a.out.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,11 @@ def comparisons(results: Path | None = None) -> list[dict]:
     return _load((results or RESULTS) / "comparisons")
 
 
+def crossdomain(results: Path | None = None) -> list[dict]:
+    """Runs scored on other datasets beside their references (record_result.py --crossdomain)."""
+    return _load((results or RESULTS) / "crossdomain")
+
+
 def load() -> list[dict]:
     return _load(RESULTS)
 
@@ -44,7 +49,35 @@ def _verdict(acc: float, target: float | None) -> str:
     return f"≥ {target:g}%: **{'met' if acc >= target else 'missed'}**"
 
 
-def render(records: list[dict], compared: list[dict] | None = None) -> str:
+def render_crossdomain(scored: list[dict]) -> list[str]:
+    if not scored:
+        return []
+    lines = ["## Cross-domain: trained on one dataset, scored on another", "",
+             "Each run scored on all of another dataset's classes, beside the references on the "
+             "same episodes (docs/crossdomain.md): nearest class mean on standardised pixels, and "
+             "the same learner untrained.", "",
+             "| run | scored on | task | meta-learned | pixels | untrained | vs pixels |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in scored:
+        ref = r["references"]
+        cell = (lambda d: f"{100 * d['acc']:.2f} ± {100 * d['acc_ci95']:.2f}%" if d else "—")
+        gap = (f"{100 * (r['acc'] - ref['pixels']['acc']):+.1f}" if "pixels" in ref else "—")
+        lines.append(f"| `{r['name']}` | {r['dataset']} ({r['split']} classes) "
+                     f"| {r['ways']}-way {r['shots']}-shot, {r['episodes']} episodes "
+                     f"| **{cell(r)}** | {cell(ref.get('pixels'))} | {cell(ref.get('untrained'))} "
+                     f"| {gap} |")
+    lines.append("")
+    for r in scored:
+        lines += [f"### `{r['name']}`", ""]
+        if r.get("note"):
+            lines += [r["note"], ""]
+        lines += [f"Recorded {r['recorded']}, commit {r.get('commit') or '?'}.", "",
+                  "```bash", r["trained"], r["command"], "```", ""]
+    return lines
+
+
+def render(records: list[dict], compared: list[dict] | None = None,
+           scored: list[dict] | None = None) -> str:
     lines = [BEGIN, "",
              "| run | test accuracy | target | paper | iterations | wall / CPU min | threads | processor | commit |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -85,6 +118,7 @@ def render(records: list[dict], compared: list[dict] | None = None) -> str:
                          f"| {r['iterations']:,} × {tasks} | {_minutes(r['train_time_s'])} / "
                          f"{_minutes(r['wall_time_s'])} | {_minutes(r.get('cpu_time_s'))} |")
         lines += ["", "```bash", c["command"], "```", ""]
+    lines += render_crossdomain(scored or [])
     lines.append(END)
     return "\n".join(lines)
 
@@ -127,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     records = load()
     doc = DOC.read_text()
-    want = splice(doc, render(records, comparisons()))
+    want = splice(doc, render(records, comparisons(), crossdomain()))
     if a.check:
         if want != doc:
             print(f"error: {DOC.relative_to(ROOT)} differs from the records in results/: run "

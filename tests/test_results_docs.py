@@ -10,7 +10,8 @@ import render_results  # noqa: E402
 def test_docs_results_is_rendered_from_the_records():
     records = render_results.load()
     doc = render_results.DOC.read_text()
-    assert render_results.render(records, render_results.comparisons()) in doc, \
+    assert render_results.render(records, render_results.comparisons(),
+                                 render_results.crossdomain()) in doc, \
         "docs/results.md is stale: run python scripts/render_results.py"
     for r in records:  # every record carries what a reader needs to trust and rerun it
         res = r["results"]
@@ -69,3 +70,32 @@ def test_a_rescore_becomes_the_records_test_number_with_its_command(tmp_path):
     assert "task.ways=20" in r["evaluation"]["command"]
     section = render_results.render([r])
     assert "**94.90 ± 0.26%**" in section and r["evaluation"]["command"] in section
+
+
+def test_a_cross_domain_score_is_recorded_beside_its_references_and_rendered(tmp_path):
+    import record_result
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- experiment=e\n- hydra.run.dir=/x\n")
+    (run / "config.yaml").write_text("task: {ways: 5}\n")
+    (run / "metrics.jsonl").write_text("")
+    (run / "results.json").write_text(json.dumps({"test_acc": 0.97, "test_acc_ci95": 0.003,
+                                                  "test_episodes": 600, "iterations": 10,
+                                                  "commit": "abc1234"}))
+    name = "eval-all-digits-0a1b2c3d-5w1s5q-600ep-best.json"
+    (run / name).write_text(json.dumps(
+        {"acc": 0.71, "acc_ci95": 0.009, "loss": 0.8, "episodes": 600, "split": "all",
+         "checkpoint": "best", "ways": 5, "shots": 1, "query": 5, "dataset": "digits",
+         "dataset_config": {"_target_": "metalearn.data.digits.load_digits", "image_size": 28},
+         "references": {"pixels": {"acc": 0.655, "acc_ci95": 0.01},
+                        "untrained": {"acc": 0.6, "acc_ci95": 0.01}}}))
+    out = tmp_path / "results"
+    assert record_result.main([str(run), "--name", "m_digits", "--out", str(out),
+                               "--crossdomain", name]) == 0
+    r = json.loads((out / "crossdomain" / "m_digits.json").read_text())
+    assert r["trained"] == "python train.py experiment=e" and r["acc"] == 0.71
+    assert "dataset=digits" in r["command"] and "split=all" in r["command"]
+    assert "dataset.image_size=28" in r["command"] and "task.shots=1" in r["command"]
+    section = render_results.render([], None, [r])
+    assert "| **71.00 ± 0.90%** | 65.50 ± 1.00% | 60.00 ± 1.00% | +5.5 |" in section
+    assert r["trained"] in section and r["command"] in section
