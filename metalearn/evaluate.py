@@ -18,6 +18,7 @@ import hydra
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -86,7 +87,8 @@ def score(cfg: DictConfig, data: FewShotDataset, algo: MetaLearner, split: str, 
                     progress=progress)
 
 
-def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str, Any]:
+def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None,
+                 adapter_name: str | None = None) -> dict[str, Any]:
     """Score the run `ecfg.run_dir` as eval.yaml says; writes and returns the result. With
     `dataset=<name>` the run is scored on that dataset instead (cross-domain: its images mapped
     onto the training images' channels, size and statistics, engine/evaluation.py)."""
@@ -105,6 +107,10 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
     log.info("evaluating %s (%s checkpoint, %s split), %s", run_dir, which, split,
              threads.summary())
     cfg, data, algo, device = load_run(run_dir, which, ecfg.device)
+    adapter = ecfg.get("adapter")  # the command line's own config: built as given
+    wrap = None if adapter is None else (lambda learner: instantiate(adapter, learner=learner))
+    if wrap is not None:
+        algo = wrap(algo)
     t = ecfg.task
     ways, shots, query = t.ways or cfg.task.ways, t.shots or cfg.task.shots, t.query or cfg.task.query
     episodes = ecfg.episodes or cfg.trainer.test_episodes
@@ -117,7 +123,7 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
         refs = list(ecfg.get("references") or ())
         found = evaluate_domains(algo, cfg, domains, data, device, episodes=episodes, ways=ways,
                                  shots=shots, query=query, split=split, references=refs,
-                                 progress=progress)
+                                 progress=progress, wrap=wrap)
         key = f"{'val' if split == 'val' else 'test'}/{name}/"
         res = {k[len(key):]: v for k, v in found.items() if k.count("/") == 2}
         extra["references"] = {r: {m: found[f"{key}{r}/{m}"] for m in ("acc", "acc_ci95")}
@@ -128,6 +134,10 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
         extra["dataset_config"] = OmegaConf.to_container(ecfg.dataset, resolve=True)
     else:
         res = score(cfg, data, algo, split, episodes, ways, shots, query, device, progress)
+    if adapter is not None:
+        tag += f"-{adapter_name or 'adapter'}"
+        extra["adapter"] = adapter_name or "adapter"
+        extra["adapter_config"] = OmegaConf.to_container(adapter, resolve=True)
     out = {"acc": res["acc"], "acc_ci95": res["acc_ci95"], "loss": res["loss"],
            "episodes": episodes, "split": split, "checkpoint": which, "ways": ways,
            "shots": shots, "query": query, "eval_seed": cfg.trainer.eval_seed,
@@ -146,22 +156,24 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None) -> dict[str,
     return out
 
 
-def _dataset_choice(overrides: list[str]) -> str | None:
-    """The `dataset=<name>` group choice among the overrides (the composed node has no name)."""
-    names = [o.split("=", 1)[1] for o in overrides if o.startswith("dataset=")]
+def _choice(overrides: list[str], group: str) -> str | None:
+    """The `<group>=<name>` choice among the overrides (the composed node has no name)."""
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{group}=")]
     return names[-1] if names else None
 
 
 def run(overrides: list[str]) -> dict[str, Any]:
     """`evaluate_run` from Python, with the command line's overrides (no Hydra run dir or log)."""
     with initialize_config_module("metalearn.configs", version_base="1.3"):
-        return evaluate_run(compose("eval", overrides=list(overrides)), _dataset_choice(overrides))
+        return evaluate_run(compose("eval", overrides=list(overrides)), _choice(overrides, "dataset"),
+                            _choice(overrides, "adapter"))
 
 
 @hydra.main(config_path="configs", config_name="eval", version_base="1.3")
 def app(cfg: DictConfig) -> None:
     try:
-        evaluate_run(cfg, HydraConfig.get().runtime.choices.get("dataset"))
+        choices = HydraConfig.get().runtime.choices
+        evaluate_run(cfg, choices.get("dataset"), choices.get("adapter"))
     except Exception as e:
         code = _report(e)  # here, not in main(): Hydra would add "Error executing job ..."
         if code is None:

@@ -35,12 +35,15 @@ EVAL_KEYS = {"split": "split", "checkpoint": "checkpoint", "episodes": "episodes
 
 
 def _dataset_overrides(evaluation: dict) -> list[str]:
-    """`dataset=<name>` and the dataset config's values, for a cross-domain score."""
+    """`dataset=<name>` and the dataset config's values, for a cross-domain score; the
+    test-time adapter, if one was used."""
+    adapter = [f"adapter={evaluation['adapter']}"] if evaluation.get("adapter") else []
     if "dataset_config" not in evaluation:
-        return []
+        return adapter
     given = {k: v for k, v in evaluation["dataset_config"].items() if k != "_target_"}
     return [f"dataset={evaluation['dataset']}",
-            *(f"dataset.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in given.items())]
+            *(f"dataset.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in given.items()),
+            *adapter]
 
 
 def build_crossdomain(run_dir: Path, name: str, eval_file: str, note: str | None) -> dict:

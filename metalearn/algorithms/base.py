@@ -63,6 +63,10 @@ class MetaLearner(nn.Module):
         """
         raise NotImplementedError
 
+    def embedding(self) -> nn.Module:
+        """The network that maps images to features (what test-time fine-tuning trains)."""
+        return self.backbone
+
     def on_iteration(self, iteration: int) -> None:
         """Hook for schedules that depend on training progress (e.g. MAML++ annealing)."""
 

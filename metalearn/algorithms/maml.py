@@ -41,6 +41,9 @@ class MAML(GBML):
     # checkpoints from before the shared base hold learn2learn's wrapper around the model
     renamed_keys = {"maml.module.": "model."}
 
+    def embedding(self) -> nn.Module:
+        return self.model[0]
+
     def __init__(self, backbone: nn.Module, ways: int, inner_lr: float = 0.4,
                  adaptation_steps: int = 1, test_adaptation_steps: int | None = None,
                  first_order: bool = False, multi_step_loss: bool = False,

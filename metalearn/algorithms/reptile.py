@@ -90,6 +90,9 @@ class Reptile(GBML):
         self.register_buffer("inner_sq", torch.zeros(numel))
         self.register_buffer("inner_t", torch.zeros((), dtype=torch.long))
 
+    def embedding(self) -> nn.Module:
+        return self.model[0]
+
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
         # checkpoints from before the carried state: start it fresh
         state_dict.setdefault(prefix + "inner_sq", torch.zeros_like(self.inner_sq))

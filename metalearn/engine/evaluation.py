@@ -164,8 +164,11 @@ class Pixels(nn.Module):
 
 
 def reference_learners(names: Any, cfg: DictConfig, train_data: FewShotDataset,
-                       device: torch.device) -> dict[str, MetaLearner]:
-    """The references named in `names` (module docstring), on `device`."""
+                       device: torch.device,
+                       wrap: Callable[[MetaLearner], MetaLearner] | None = None
+                       ) -> dict[str, MetaLearner]:
+    """The references named in `names` (module docstring), on `device`; `wrap` (a test-time
+    adapter) is applied to the untrained learner as to the trained one."""
     out: dict[str, MetaLearner] = {}
     for name in names or ():
         if name == "pixels":
@@ -175,6 +178,7 @@ def reference_learners(names: Any, cfg: DictConfig, train_data: FewShotDataset,
             with torch.random.fork_rng(devices=[]):  # the caller's random stream is untouched
                 torch.manual_seed(cfg.seed)
                 out[name] = build.learner(cfg, channels, size, train_data.train.num_classes)
+            out[name] = wrap(out[name]) if wrap is not None else out[name]
         else:
             raise ConfigError(f"eval.references: unknown reference {name!r} (choose from "
                               f"{', '.join(REFERENCES)})")
@@ -199,7 +203,8 @@ def evaluate_domains(algo: MetaLearner, cfg: DictConfig, domains: Mapping[str, A
                      episodes: int | None = None, ways: int | None = None,
                      shots: int | None = None, query: int | None = None,
                      split: str = "test", references: Any = (),
-                     progress: Callable[[int], None] | None = None) -> dict[str, float]:
+                     progress: Callable[[int], None] | None = None,
+                     wrap: Callable[[MetaLearner], MetaLearner] | None = None) -> dict[str, float]:
     """Score `algo` on the `split` of each domain (name -> dataset config or FewShotDataset),
     and each of `references` on the same episodes.
 
@@ -213,7 +218,7 @@ def evaluate_domains(algo: MetaLearner, cfg: DictConfig, domains: Mapping[str, A
     tc, t = cfg.trainer, cfg.task
     where = device if tc.data_on_device else torch.device("cpu")
     preprocess = preprocess or Preprocess(train_data.mean, train_data.std, device)
-    refs = reference_learners(references, cfg, train_data, device) if domains else {}
+    refs = reference_learners(references, cfg, train_data, device, wrap) if domains else {}
     key = "val" if split == "val" else "test"
     out: dict[str, float] = {}
     for name, dataset in domains.items():
