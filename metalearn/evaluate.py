@@ -28,9 +28,10 @@ from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn import checkpoint, io
 from metalearn.io import disk_error
-from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
+from metalearn.engine.evaluation import (cross_domains, cross_line, evaluate, evaluate_domains,
+                                         result_key)
 from metalearn.engine.distributed import resolve_device
-from metalearn.engine.loop import build, cross_line, samplers, seed_everything
+from metalearn.engine.loop import build, samplers, seed_everything
 from metalearn import threads
 from metalearn.errors import ConfigError
 from metalearn.cli import hydra_raises, report, say
@@ -124,12 +125,12 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None,
         found = evaluate_domains(algo, cfg, domains, data, device, episodes=episodes, ways=ways,
                                  shots=shots, query=query, split=split, references=refs,
                                  progress=progress, wrap=wrap)
-        key = f"{'val' if split == 'val' else 'test'}/{name}/"
+        key = f"{result_key(split)}/{name}/"
         res = {k[len(key):]: v for k, v in found.items() if k.count("/") == 2}
         extra["references"] = {r: {m: found[f"{key}{r}/{m}"] for m in ("acc", "acc_ci95")}
                                for r in refs}
         if refs:
-            log.info(cross_line(found, name, refs))
+            log.info(cross_line(found, result_key(split), name, refs))
         tag = f"{split}-{dataset_tag(name, ecfg.dataset)}"
         extra["dataset_config"] = OmegaConf.to_container(ecfg.dataset, resolve=True)
     else:

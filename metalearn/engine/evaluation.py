@@ -197,6 +197,20 @@ def pooled(data: FewShotDataset, name: str) -> ImageSplit:
                       [f"{s}/{c}" for s, p in parts for c in p.class_names], name)
 
 
+def result_key(split: str) -> str:
+    """The prefix of evaluate_domains' keys: val for the val split, else test (a test of
+    the domain's test classes or of all of them)."""
+    return "val" if split == "val" else "test"
+
+
+def cross_line(scores: dict[str, float], key: str, name: str, references: list[str]) -> str:
+    """One log line: a domain's accuracy and its references' (evaluate_domains' keys)."""
+    parts = [(name, f"{key}/{name}/")] + [(r, f"{key}/{name}/{r}/") for r in references]
+    return f"{key} on {name}: " + ", ".join(
+        f"{what} {100 * scores[k + 'acc']:.2f} ± {100 * scores[k + 'acc_ci95']:.2f}%"
+        for what, k in parts)
+
+
 def evaluate_domains(algo: MetaLearner, cfg: DictConfig, domains: Mapping[str, Any],
                      train_data: FewShotDataset, device: torch.device,
                      world: World | None = None, preprocess: Preprocess | None = None,
@@ -219,7 +233,7 @@ def evaluate_domains(algo: MetaLearner, cfg: DictConfig, domains: Mapping[str, A
     where = device if tc.data_on_device else torch.device("cpu")
     preprocess = preprocess or Preprocess(train_data.mean, train_data.std, device)
     refs = reference_learners(references, cfg, train_data, device, wrap) if domains else {}
-    key = "val" if split == "val" else "test"
+    key = result_key(split)
     out: dict[str, float] = {}
     for name, dataset in domains.items():
         data = dataset if isinstance(dataset, FewShotDataset) else instantiate(dataset)

@@ -34,7 +34,8 @@ from metalearn.config_check import validate
 from metalearn import checkpoint, io
 from metalearn.engine import distributed, rundir
 from metalearn.engine.checkpoint import TrainingState, latest, resume_config
-from metalearn.engine.evaluation import cross_domains, evaluate, evaluate_domains
+from metalearn.engine.evaluation import (cross_domains, cross_line, evaluate,
+                                         evaluate_domains, result_key)
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.engine.progress import Progress, log
 from metalearn.errors import ConfigError, TrainingError
@@ -185,8 +186,7 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
                               f"as hydra.run.dir=<dir> (or resume=<dir>), or drop resume")
         saved = found[0] if found else None
         if saved is not None:
-            cfg = resume_config(cfg, saved, overrides, use_saved=own_dir,
-                                           source=found[1])
+            cfg = resume_config(cfg, saved, overrides, use_saved=own_dir, source=found[1])
         if world.is_main:
             io.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
             io.note_written(out_dir / "config.yaml")
@@ -206,8 +206,8 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
             algo.check_ways(cfg.task.train_ways)
         opt = instantiate(cfg.optimizer, params=algo.parameters())
         state = TrainingState(algo, opt, {k: s.generator for k, s in sample.items()},
-                                         world, config=OmegaConf.to_container(cfg),
-                                         preprocessing=data.preprocessing())
+                              world, config=OmegaConf.to_container(cfg),
+                              preprocessing=data.preprocessing())
 
         # 4. restore
         if saved is not None:
@@ -317,15 +317,6 @@ def _fit(cfg: DictConfig, state: TrainingState, scheduler: Any,
     return None
 
 
-def cross_line(scores: dict[str, float], name: str, references: list[str]) -> str:
-    """One log line: a domain's accuracy and its references' (evaluate_domains' keys)."""
-    key = next(k for k in scores if k.endswith(f"/{name}/acc")).rsplit("/", 2)[0]
-    parts = [(name, f"{key}/{name}/")] + [(r, f"{key}/{name}/{r}/") for r in references]
-    return f"{key} on {name}: " + ", ".join(
-        f"{what} {100 * scores[k + 'acc']:.2f} ± {100 * scores[k + 'acc_ci95']:.2f}%"
-        for what, k in parts)
-
-
 def _test(cfg: DictConfig, state: TrainingState, data: FewShotDataset,
           sample: dict[str, EpisodeSampler],
           prep: Preprocess, logger: RunLogger, out_dir: Path, device: torch.device) -> dict[str, Any]:
@@ -345,11 +336,12 @@ def _test(cfg: DictConfig, state: TrainingState, data: FewShotDataset,
                **provenance(device)}
     ev = cfg.get("eval") or {}
     domains, refs = cross_domains(cfg), list(ev.get("references") or ())
-    cross = evaluate_domains(algo, cfg, domains, data, device, world, prep,
-                             split=ev.get("split", "all"), references=refs)
+    split = ev.get("split", "all")
+    cross = evaluate_domains(algo, cfg, domains, data, device, world, prep, split=split,
+                             references=refs)
     results.update(cross)  # flat test/<domain>/acc keys (eval.datasets)
     for name in domains if world.is_main else ():
-        log.info(cross_line(cross, name, refs))
+        log.info(cross_line(cross, result_key(split), name, refs))
     logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], **cross})
     logger.summary(results)
     if world.is_main:
