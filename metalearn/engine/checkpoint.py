@@ -35,9 +35,11 @@ log = logging.getLogger(__name__)
 TRAINING_KEYS = ("model", "optimizer", "iteration", "best_val_acc", "best_iteration",
                  "skipped_steps", "train_time_s", "wandb_run_id", "metrics_bytes", "config", "rng")
 # Keys a resumed run may change: where/how it runs, how long, how often it reports; not what it
-# learns. `trainer.iterations` is safe because the lr schedule is rebuilt for the new length.
+# learns. `trainer.iterations` is safe because the lr schedule is rebuilt for the new length;
+# `optimizer.fused`/`foreach` choose the kernels of the same update rule.
 SAFE_KEYS = ("resume", "overwrite", "device", "threads", "trainer.iterations", "trainer.eval_every",
-             "trainer.log_every", "trainer.checkpoint_every", "paths", "logger", "eval")
+             "trainer.log_every", "trainer.checkpoint_every", "paths", "logger", "eval",
+             "optimizer.fused", "optimizer.foreach")
 
 
 @dataclass

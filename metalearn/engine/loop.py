@@ -260,7 +260,14 @@ def _fit(cfg: DictConfig, state: TrainingState, scheduler: Any,
     tc, world, algo, opt = cfg.trainer, state.world, state.model, state.optimizer
     params = [p for p in algo.parameters() if p.requires_grad]
     lo, hi = world.shard(tc.meta_batch_size)
-    bad_run = 0
+    # A fused optimizer skips a NaN/Inf step on the device (`found_inf`, as under GradScaler),
+    # so the meta-step never waits for the host and values are read only at `reads`. Other
+    # optimizers are stepped or not by the host, which then reads every iteration; so do
+    # several ranks, which must agree every iteration on whether one of them was told to stop.
+    on_device = getattr(opt, "_step_supports_amp_scaling", False) and world.size == 1
+    device = params[0].device
+    bad_run = skipped = torch.zeros((), device=device)  # steps in a row / since the last read
+    host_bad_run, loss = 0, float("nan")
     bar = Progress(cfg, out_dir, state.iteration + 1, enabled=world.is_main)
     for it in bar:
         algo.on_iteration(it)
@@ -268,39 +275,51 @@ def _fit(cfg: DictConfig, state: TrainingState, scheduler: Any,
         opt.zero_grad(set_to_none=True)
         losses, accs = meta_step(algo, batch, tc.chunk_size, tc.amp, tc.meta_batch_size)
         world.sum_grads(params)
-        # One reduction for the metrics and "a rank was told to stop", and one host sync
-        # per iteration: it carries the gradient norm too, finite iff every gradient is.
-        stats = world.sum(torch.stack([losses.sum(), accs.sum(),
-                                       torch.tensor(float(stop.requested), device=losses.device)]))
+        stats = world.sum(torch.stack([losses.sum(), accs.sum()])) / tc.meta_batch_size
         norm = get_total_norm([p.grad for p in params if p.grad is not None])
-        loss, acc, stops, grad_norm = torch.cat(
-            [stats / tc.meta_batch_size, norm.to(stats.dtype)[None]]).tolist()
-        if math.isfinite(loss) and math.isfinite(grad_norm):
+        bad = ~(stats[0].isfinite() & norm.isfinite())
+        evaluated, improved = it % tc.eval_every == 0 or it == tc.iterations, False
+        stops = stop.requested
+        if world.size > 1:
+            stops = world.sum(torch.tensor(float(stops), device=device)).item() > 0
+        read = (not on_device or stops or evaluated or it == 1 or it % tc.log_every == 0
+                or it % tc.checkpoint_every == 0)
+        if on_device:
+            opt.found_inf = bad.float()  # the fused step leaves weights and state as they were
             opt.step()
-            bad_run = 0
-        else:  # skip the step: weights and optimizer state stay as they were
-            state.skipped_steps, bad_run = state.skipped_steps + 1, bad_run + 1
-            logger.log(it, {"train/skipped_steps": state.skipped_steps})
-            if bad_run >= tc.max_bad_steps:
+        bad_run = torch.where(bad, bad_run + 1, 0)
+        skipped = skipped + bad
+        if read:  # the one host read: metrics, the gradient norm and the NaN/Inf counts
+            loss, acc, grad_norm, host_bad_run, newly = torch.cat(
+                [stats, norm.to(stats.dtype)[None], bad_run.to(stats.dtype)[None],
+                 skipped.to(stats.dtype)[None]]).tolist()
+            host_bad_run, newly = int(host_bad_run), int(newly)
+            skipped = torch.zeros((), device=device)
+            if not on_device and not newly:
+                opt.step()
+            if newly:  # weights and optimizer state stayed as they were
+                state.skipped_steps += newly
+                logger.log(it, {"train/skipped_steps": state.skipped_steps})
+            if host_bad_run >= tc.max_bad_steps:
                 raise TrainingError(
-                    f"meta-loss or meta-gradient was NaN/Inf for {bad_run} iterations in "
+                    f"meta-loss or meta-gradient was NaN/Inf for {host_bad_run} iterations in "
                     f"a row (up to iteration {it}, loss {loss}): lower optimizer.lr or "
                     f"algo.inner_lr, or raise trainer.max_bad_steps. " + (
                         "No checkpoint was saved yet" if state.saved_iteration is None else
                         f"The last good checkpoint is kept at {out_dir / 'last.pt'} "
                         f"(iteration {state.saved_iteration})"))
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}",
+                            best_val=f"{state.best_val_acc:.3f}" if state.best_val_acc >= 0
+                            else "-")
         if scheduler is not None:  # the schedule follows iterations, skipped or not
             scheduler.step()
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}",
-                        best_val=f"{state.best_val_acc:.3f}" if state.best_val_acc >= 0 else "-")
         if it % tc.log_every == 0 or it == 1:
             logger.log(it, {"train/loss": loss, "train/acc": acc, "train/grad_norm": grad_norm,
                             "train/lr": opt.param_groups[0]["lr"]})
-        evaluated, improved = it % tc.eval_every == 0 or it == tc.iterations, False
         if evaluated:
             val = evaluate(algo, sample["val"], tc.val_episodes, tc.eval_batch_size,
                            tc.eval_seed, world, prep)
-            improved = val["acc"] > state.best_val_acc and bad_run == 0
+            improved = val["acc"] > state.best_val_acc and host_bad_run == 0
             if improved:
                 state.best_val_acc, state.best_iteration = val["acc"], it
             logger.log(it, {"val/acc": val["acc"], "val/acc_ci95": val["acc_ci95"],
@@ -309,9 +328,9 @@ def _fit(cfg: DictConfig, state: TrainingState, scheduler: Any,
                                 "loss": val["loss"], "best_acc": state.best_val_acc})
         state.iteration = it
         # never while steps are skipped, so the last good checkpoint survives
-        if bad_run == 0 and (evaluated or stops > 0 or it % tc.checkpoint_every == 0):
+        if host_bad_run == 0 and (evaluated or stops or it % tc.checkpoint_every == 0):
             _save(state, logger, out_dir, best=improved)
-        if stops > 0:
+        if stops:
             return it
     bar.close()
     return None
