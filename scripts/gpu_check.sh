@@ -4,10 +4,14 @@
 # then ONE device call: command "OUT=$OUT bash scripts/gpu_check.sh", carry [".gpu"], timeout 600.
 #   (a) build learn2learn from its sdist in place (re-cythonized, docs/install.md) + wheels
 #   (b) pytest -m gpu (CUDA-only tests)
-#   (c) scripts/profile_engine.py: where an iteration's time goes -> $OUT/profile.{json,md}
-#   (d) experiment=maml_omniglot_5w1s on real Omniglot, as many iterations as fit
-#       (OMNIGLOT_ITERS, default 6000) -> $OUT/omniglot_results.json, iterations/s
+#   (c) scripts/profile_engine.py: where an iteration's time goes and its kernel launches,
+#       fused Adam (the configs') -> $OUT/profile.{json,md}; Adam's per-tensor loop (before)
+#       -> $OUT/profile_loop.*; the compiled engine on one setting -> $OUT/profile_compiled.*
+#   (d) scripts/cuda_graph_step.py: one meta-iteration captured in a CUDA graph vs eager
+#       -> $OUT/cuda_graph.json
 #   (e) scripts/benchmark.py --device cuda at full settings -> $OUT/engine.json
+#   (f) experiment=maml_omniglot_5w1s on real Omniglot with the time left
+#       (OMNIGLOT_ITERS, default 6000) -> $OUT/omniglot_results.json, iterations/s
 # Every step has its own timeout and a failed step does not stop the next; the whole script
 # stays under ~9.5 minutes. Logs and a summary land in $OUT (default outputs/gpu_check).
 set -x
@@ -56,15 +60,26 @@ step setup 150 bash -c setup
 export PYTHONPATH="$PWD:$BUILD/learn2learn-0.2.0:$BUILD/site${PYTHONPATH:+:$PYTHONPATH}"
 
 # (b) GPU-marked tests anywhere (the CPU suite runs in CI).
-step gpu_tests 90 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -rs
+step gpu_tests 60 "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors -rs
 
-# (c) the profile first: it decides what to speed up (docs/performance.md)
-step profile 75 "$PY" scripts/profile_engine.py --device cuda --iterations 5 --out "$OUT/profile.json"
+# (c) the profile first: it decides what to speed up (docs/performance.md); the launch counts
+# before (Adam's loop) and after (fused), and with the compiled engine (inductor's kernels)
+step profile 60 "$PY" scripts/profile_engine.py --device cuda --iterations 5 --out "$OUT/profile.json"
+step profile_loop 45 "$PY" scripts/profile_engine.py --device cuda --iterations 5 --optimizer loop \
+    --settings mini_5w1s_2nd omniglot_20w1s_2nd --out "$OUT/profile_loop.json"
+step profile_compiled 120 "$PY" scripts/profile_engine.py --device cuda --iterations 5 \
+    --engine compiled --settings mini_5w1s_2nd --out "$OUT/profile_compiled.json"
 
-# (d) the paper preset on real Omniglot, as far as the call allows; train.py's own timing
+# (d) the whole step in a CUDA graph: possible only without host reads inside it
+step cuda_graph 60 "$PY" scripts/cuda_graph_step.py --iterations 20 --out "$OUT/cuda_graph.json"
+
+# (e) the benchmark at full settings (each setting saved as it ends: a timeout keeps the rest)
+step benchmark 100 "$PY" scripts/benchmark.py --device cuda --repeats 3 --out "$OUT/engine.json"
+
+# (f) the paper preset on real Omniglot, as far as the call allows; train.py's own timing
 export METALEARN_DATA_DIR="$BUILD/data" METALEARN_CACHE_DIR="$BUILD/cache"
-if [ -d "$BUILD/data/omniglot-py" ]; then
-    step omniglot 270 bash -c '"$PY" train.py experiment=maml_omniglot_5w1s logger=none device=cuda \
+if [ -d "$BUILD/data/omniglot-py" ] && [ $(( 560 - SECONDS )) -gt 90 ]; then
+    step omniglot $(( 560 - SECONDS )) bash -c '"$PY" train.py experiment=maml_omniglot_5w1s logger=none device=cuda \
         trainer.iterations=${OMNIGLOT_ITERS:-6000} trainer.eval_every=1000 \
         hydra.run.dir=/tmp/omniglot_run && cp /tmp/omniglot_run/results.json "$OUT/omniglot_results.json" \
         && "$PY" -c "import json; r = json.load(open(\"$OUT/omniglot_results.json\")); \
@@ -72,13 +87,11 @@ print(\"omniglot: %.2f +- %.2f%% after %d iterations, %.1f iterations/s (train t
 (100 * r[\"test_acc\"], 100 * r[\"test_acc_ci95\"], r[\"iterations\"], r[\"iterations\"] / r[\"train_time_s\"]))"'
 fi
 
-# (e) the benchmark at full settings (each setting saved as it ends: a timeout keeps the rest)
-step benchmark $(( 560 - SECONDS > 60 ? 560 - SECONDS : 60 )) "$PY" scripts/benchmark.py --device cuda --repeats 5 --out "$OUT/engine.json"
-
 set +x
 echo
 echo "==== gpu_check summary ($((SECONDS - T0)) s) ===="
 cat "$SUMMARY"
 grep "^omniglot:" "$OUT/omniglot.log" || echo "(no Omniglot result)"
-cat "$OUT/profile.md" 2>/dev/null || echo "(no profile table)"
+for p in profile profile_loop profile_compiled; do cat "$OUT/$p.md" 2>/dev/null || echo "(no $p table)"; done
+cat "$OUT/cuda_graph.log" 2>/dev/null
 grep -A 20 "^ *setting |" "$OUT/benchmark.log" || echo "(no benchmark table)"

@@ -49,7 +49,7 @@ def adapt_batched(model: nn.Module, support_x: torch.Tensor, support_y: torch.Te
                   adapt: Callable[[str], bool] = lambda name: True,
                   step_weights: torch.Tensor | None = None,
                   inner_loss: Loss = F.cross_entropy, query_loss: Loss = F.cross_entropy,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  compile: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Adapt on each task's support set, score its queries: (loss [B], query logits [B, Q, ways]).
 
     x: [B, N, ...] (images, or features for a head), y: [B, N]. The loss is the query loss
@@ -58,6 +58,9 @@ def adapt_batched(model: nn.Module, support_x: torch.Tensor, support_y: torch.Te
     carries the meta-gradient to the model's parameters (and to whatever `update` closes
     over) unless called under `torch.no_grad()`; the inner gradients are computed either way
     (`torch.func.grad` ignores an outer no_grad), so the same call serves test-time adaptation.
+    `compile`: the whole vmapped inner loop under `torch.compile` (inductor fuses the
+    elementwise work into a few kernels; compiled once per distinct call, e.g. training and
+    evaluation, then reused).
     """
     require_exact_norms(model)
     fast0 = {n: p for n, p in model.named_parameters() if adapt(n)}
@@ -86,5 +89,7 @@ def adapt_batched(model: nn.Module, support_x: torch.Tensor, support_y: torch.Te
         return loss, logits
 
     # "different": dropout/DropBlock draw independent masks per task, as with per-task clones.
-    return vmap(task, in_dims=(None, 0, 0, 0, 0), randomness="different")(
-        fast0, support_x, support_y, query_x, query_y)
+    run = vmap(task, in_dims=(None, 0, 0, 0, 0), randomness="different")
+    if compile:
+        run = torch.compile(run, dynamic=False)
+    return run(fast0, support_x, support_y, query_x, query_y)

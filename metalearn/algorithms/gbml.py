@@ -14,6 +14,8 @@ Engines (`algo.engine`):
   * `l2l`: one task at a time, learn2learn's `clone_module`/`update_module` (the reference).
   * `batched`: all tasks at once with torch.func (`algorithms/functional.py`); the same
     meta-gradient to float64 round-off.
+  * `compiled`: `batched` with the meta-batch function under `torch.compile` (fused kernels,
+    a fraction of the operator calls; minutes of compilation first; docs/performance.md).
   * `auto`: `batched` on CUDA; on CPU `CPU_ENGINE` (why: docs/performance.md).
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from metalearn.data.episodes import Episodes
 from metalearn.errors import ConfigError
 from metalearn.models.norm import batch_stats, inner_step
 
-ENGINES = ("auto", "batched", "l2l")
+ENGINES = ("auto", "batched", "compiled", "l2l")
 CPU_ENGINE = "l2l"
 
 
@@ -47,6 +49,13 @@ def resolve_engine(engine: str, device: torch.device) -> str:
     if engine != "auto":
         return engine
     return "batched" if device.type == "cuda" else CPU_ENGINE
+
+
+def _sgd(p: torch.Tensor, lr: float | torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """p - lr * g in one operator (the batched engine's cost is its operator count)."""
+    if isinstance(lr, torch.Tensor):
+        return torch.addcmul(p, lr, g, value=-1)
+    return torch.add(p, g, alpha=-lr)
 
 
 class GBML(MetaLearner):
@@ -66,6 +75,10 @@ class GBML(MetaLearner):
 
     def engine_for(self, device: torch.device) -> str:
         return resolve_engine(self.engine, device)
+
+    def batched(self, device: torch.device) -> bool:
+        """All tasks at once (`batched` or `compiled`), not one by one."""
+        return self.engine_for(device) in ("batched", "compiled")
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args) -> None:
         for key in list(state_dict):
@@ -98,7 +111,7 @@ class GBML(MetaLearner):
 
     def inner_update(self, step: int, fast: Params, grads: Params) -> Params:
         """One inner SGD step on the fast weights (batched engine); `step` counts from 0."""
-        return {n: p - self.step_lr(n, step) * grads[n] for n, p in fast.items()}
+        return {n: _sgd(p, self.step_lr(n, step), grads[n]) for n, p in fast.items()}
 
     # --- the l2l engine: one task at a time ---
     def _inner_step(self, learner: nn.Module, loss: torch.Tensor, step: int,
@@ -134,11 +147,12 @@ class GBML(MetaLearner):
         return adapt_batched(self.model, embed(episodes.support_x), episodes.support_y,
                              embed(episodes.query_x), episodes.query_y, steps,
                              self.inner_update, first_order, self.adapts, step_weights,
-                             self.inner_loss, self.query_loss)
+                             self.inner_loss, self.query_loss,
+                             compile=self.engine_for(episodes.support_x.device) == "compiled")
 
     def forward(self, episodes: Episodes) -> TaskMetrics:
         weights, steps = self.step_weights(), self.adaptation_steps
-        if self.engine_for(episodes.support_x.device) == "batched":
+        if self.batched(episodes.support_x.device):
             loss, logits = self._adapt_batched(episodes, steps, self.train_first_order, weights)
             return TaskMetrics(loss, accuracy(logits.detach(), episodes.query_y))
         losses, accs = [], []
@@ -162,7 +176,7 @@ class GBML(MetaLearner):
 
     def evaluate(self, episodes: Episodes) -> TaskMetrics:
         steps = self.test_adaptation_steps
-        if self.engine_for(episodes.support_x.device) == "batched":
+        if self.batched(episodes.support_x.device):
             with torch.no_grad():
                 loss, logits = self._adapt_batched(episodes, steps, True)
             return TaskMetrics(loss, accuracy(logits, episodes.query_y))

@@ -76,6 +76,9 @@ class Reptile(GBML):
                  engine: str = "auto") -> None:
         super().__init__(ways, inner_lr, adaptation_steps, test_adaptation_steps,
                          first_order=True, engine=engine)
+        if engine == "compiled":
+            raise ConfigError("algo.engine=compiled is the MAML family's (maml, fomaml, mamlpp, "
+                              "metasgd, anil); Reptile runs on batched or l2l")
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise ConfigError(f"algo.inner_optimizer={inner_optimizer!r}: choose one of "
                               f"{', '.join(INNER_OPTIMIZERS)}")
@@ -211,7 +214,7 @@ class Reptile(GBML):
 
     def forward(self, episodes: Episodes) -> TaskMetrics:
         steps, names = self.adaptation_steps, [n for n, _ in self.model.named_parameters()]
-        batched = self.engine_for(episodes.support_x.device) == "batched"
+        batched = self.batched(episodes.support_x.device)
         if batched and not self.carry_state:
             fast, loss, logits = self._tasks_batched(episodes, steps, self.inner_batch)
             phi = [fast[n] for n in names]                                       # [B, ...] each

@@ -8,7 +8,7 @@ engine computes the same function.
 
 MAML++ (Antoniou et al. 2019) gives each inner-loop step its own BN weights and biases:
 `per_step(n)` turns weight/bias into [n, C] tables and the row used is the step set by the
-learner with `inner_step(i)`. A context variable keeps the step out of every backbone's
+learner with `inner_step(i)`. A module-level step keeps it out of every backbone's
 `forward` signature, so any backbone built from this layer gets per-step BN for free.
 
 Third-party backbones (timm, torchvision) come with torch BatchNorm: `convert_batchnorm`
@@ -27,18 +27,21 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from metalearn.errors import ConfigError
 
-_STEP: ContextVar[int] = ContextVar("inner_step", default=0)
+# A plain global, not a ContextVar: torch.compile traces a global's mutation but not
+# ContextVar.set (the engine's compiled meta-batch enters inner_step). Single-threaded by design.
+_step = 0
 _STATS: ContextVar[tuple[str, list] | None] = ContextVar("batch_stats", default=None)
 
 
 @contextmanager
 def inner_step(step: int) -> Iterator[None]:
     """Forward passes inside use the per-step BN parameters of `step` (clamped to the last)."""
-    token = _STEP.set(step)
+    global _step
+    previous, _step = _step, step
     try:
         yield
     finally:
-        _STEP.reset(token)
+        _step = previous
 
 
 @contextmanager
@@ -68,19 +71,19 @@ class BatchNorm2d(nn.Module):
         if frozen is not None and frozen[0] == "reuse":
             mean, var = frozen[1].pop()
         else:
-            mean = x.mean(dim=dims, keepdim=True)
-            var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
+            var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
             if frozen is not None:
                 frozen[1].append((mean, var))
-        y = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            w, b = self.weight, self.bias
-            if w.dim() == 2:  # per-step tables
-                step = min(_STEP.get(), w.shape[0] - 1)
-                w, b = w[step], b[step]
-            shape = (1, -1, *[1] * (x.dim() - 2))
-            y = y * w.view(shape) + b.view(shape)
-        return y
+        scale = torch.rsqrt(var + self.eps)
+        if self.weight is None:
+            return (x - mean) * scale
+        w, b = self.weight, self.bias
+        if w.dim() == 2:  # per-step tables
+            step = min(_step, w.shape[0] - 1)
+            w, b = w[step], b[step]
+        shape = (1, -1, *[1] * (x.dim() - 2))
+        # the affine map folded into the per-channel scale: one pass over x instead of three
+        return torch.addcmul(b.view(shape), x - mean, scale * w.view(shape))
 
     def per_step(self, steps: int) -> None:
         """One weight/bias row per inner step, each starting from the current values."""

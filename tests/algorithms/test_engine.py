@@ -51,7 +51,7 @@ def make(backbone, first_order, steps=2, device="cpu"):
     return algo.double().to(device), size
 
 
-def assert_engines_agree(algo, ep):
+def assert_engines_agree(algo, ep, engine="batched"):
     """Same losses and meta-gradient from both engines, same test scores.
 
     Each parameter's gradient is compared on its own too, so that small ones (learned lrs)
@@ -60,16 +60,26 @@ def assert_engines_agree(algo, ep):
     """
     loss_ref, want = meta_gradients(algo, ep, "l2l")
     per_param_ref = [p.grad.clone() for p in algo.parameters()]
-    loss, got = meta_gradients(algo, ep, "batched")
+    loss, got = meta_gradients(algo, ep, engine)
     errors = [rel(p.grad, w) for p, w in zip(algo.parameters(), per_param_ref)
               if w.norm() > 1e-12 * want.norm()]
     assert rel(got, want) <= 1e-10 and max(errors) <= 1e-10
     assert torch.allclose(loss, loss_ref, rtol=1e-12)
     a, b = (copy.deepcopy(algo) for _ in range(2))
-    a.engine, b.engine = "l2l", "batched"
+    a.engine, b.engine = "l2l", engine
     ma, mb = a.evaluate(ep), b.evaluate(ep)
     assert torch.allclose(ma.loss, mb.loss, rtol=1e-12) and torch.equal(ma.acc, mb.acc)
     return rel(got, want), max(errors)
+
+
+@pytest.mark.slow  # inductor compiles a C++ kernel per fused group: minutes on 2 cores
+def test_compiled_engine_keeps_the_meta_gradient_of_learn2learn():
+    """`algo.engine=compiled`: MAML++ with every switch (per-step BN reads the inner step
+    inside the compiled region), second order, float64, training and test-time scores."""
+    torch.manual_seed(0)
+    algo = MAML(Conv4(1, 12, hidden=6), ways=3, inner_lr=0.3, adaptation_steps=2,
+                multi_step_loss=True, msl_iterations=100, lslr=True, per_step_bn=True).double()
+    assert_engines_agree(algo, episodes(), engine="compiled")
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
