@@ -273,3 +273,23 @@ def test_training_and_online_resumes_share_one_policy(tmp_path):
                                               "eval") + tail
     rotated = {name for name, keep in written if keep}
     assert rotated == {"last.pt", "online.pt"}, written
+
+
+def test_a_damaged_online_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    over = [*FAST_FTML, *IID, "online.checkpoint_every=2"]  # saves after rounds 2 and 4
+    run = tmp_path / "run"
+    first = run_online(compose_cfg(*over), run)
+    rows = _rows(run)
+    assert checkpoint.load(run / "online.prev.pt")["round"] == 2
+    data = (run / "online.pt").read_bytes()
+    (run / "online.pt").write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match=r"online\.pt is corrupt or truncated.*Resuming from "
+                                         r".*online\.prev\.pt"):
+        again = run_online(compose_cfg(*over, "resume=true"), run)
+    assert _rows(run) == rows  # rounds 3 and 4 again, from round 2's state
+    assert {k: v for k, v in again.items() if k != "wall_time_s"} == \
+        {k: v for k, v in first.items() if k != "wall_time_s"}
+    for name in ("online.pt", "online.prev.pt"):
+        (run / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="no readable checkpoint"):
+        run_online(compose_cfg(*over, "resume=true"), run)
