@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from metalearn.errors import TrainingError
-from metalearn.io import RESUMABLE, disk_errors, note_written
+from metalearn.io import RESUMABLE, disk_errors, note_written  # noqa: F401  (RESUMABLE: re-exported)
 
 FORMAT, VERSION = "metalearn-checkpoint", 2
 
@@ -53,9 +53,10 @@ def save_rotating(state: dict[str, Any], path: Path) -> None:
     save(state, path, keep_previous=True)
 
 
-def remove_temp_files(run_dir: Path) -> None:
-    """Temp files a kill mid-`save` left behind (each the size of a checkpoint)."""
-    for name in RESUMABLE:
+def remove_temp_files(run_dir: Path, names: tuple[str, ...]) -> None:
+    """Temp files a kill mid-`save` of one of `names` left behind (each the size of a
+    checkpoint)."""
+    for name in names:
         for tmp in run_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 

@@ -17,7 +17,7 @@ from hydra.errors import (ConfigCompositionException, MissingConfigException,
 from omegaconf.errors import OmegaConfBaseException
 
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted
-from metalearn.errors import MetalearnError
+from metalearn.errors import user_error
 from metalearn.io import disk_error
 
 # metalearn.launch (torchrun that returns 75) points this at a folder: each worker that stops
@@ -75,13 +75,6 @@ def _parse_error(e: BaseException) -> str | None:
                     f"objects (use a _target_ node)")
         return f"{where}not valid YAML ({e.problem or e.context}); fix the file"
     return None
-
-
-def user_error(e: BaseException | None) -> MetalearnError | None:
-    """The MetalearnError behind `e`: hydra.utils.instantiate wraps what a target raises."""
-    while e is not None and not isinstance(e, MetalearnError):
-        e = e.__cause__
-    return e
 
 
 def say(line: str) -> None:

@@ -33,3 +33,10 @@ class WorkerLost(TrainingError):
     """Another torchrun worker froze or died; this one stopped, its last checkpoint resumes."""
 
     exit_code = 75
+
+
+def user_error(e: BaseException | None) -> MetalearnError | None:
+    """The MetalearnError behind `e`: hydra.utils.instantiate wraps what a target raises."""
+    while e is not None and not isinstance(e, MetalearnError):
+        e = e.__cause__
+    return e

@@ -16,10 +16,9 @@ from typing import Iterator
 
 from metalearn.errors import DiskError
 
-# The checkpoints a run can be continued from (training, online): io imports no torch, so the
-# command line is checked against these before anything starts.
+# The checkpoints a training run can be continued from (engine/checkpoint.py: TrainingState):
+# io imports no torch, so the command line is checked against these before anything starts.
 RESUMABLE = ("last.pt", "last.prev.pt", "best.pt")
-ONLINE_STATE = ("online.pt", "online.prev.pt")
 
 DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG,
                errno.EIO}

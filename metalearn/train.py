@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 import metalearn  # noqa: F401  (silences gym's import banner before learn2learn loads)
 from metalearn.cli import EXIT_DIR_ENV, hydra_raises, report, say
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, stopped_during_startup
-from metalearn.io import ONLINE_STATE, RESUMABLE
+from metalearn.io import RESUMABLE
+from metalearn.online import STATE_FILES as ONLINE_STATE
 from metalearn.threads import USER_OMP_ENV
 
 

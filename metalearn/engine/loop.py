@@ -7,7 +7,6 @@ meta-batch -> per-task query losses -> backward -> step -> log -> validate -> ch
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -21,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.utils import get_total_norm
@@ -32,12 +30,13 @@ from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
 from metalearn.build import learner as build_learner
 from metalearn.config_check import validate
 from metalearn import checkpoint, io
-from metalearn.engine import distributed, rundir
-from metalearn.engine.checkpoint import TrainingState, latest, resume_config
+from metalearn.engine import distributed
+from metalearn.engine.checkpoint import TrainingState
 from metalearn.engine.evaluation import (cross_domains, cross_line, evaluate,
                                          evaluate_domains, result_key)
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.engine.progress import Progress, log
+from metalearn.engine.run import Run, command_line, open_run
 from metalearn.errors import ConfigError, TrainingError
 from metalearn import threads
 from metalearn.tracking import RunLogger
@@ -151,12 +150,8 @@ def lr_scheduler(cfg: DictConfig, opt: torch.optim.Optimizer, done: int = 0):
 def train(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """`overrides`: the command line's Hydra overrides (under train.py, read from Hydra), which
     `resume=<run dir>` applies on top of that run's saved config."""
-    # a Hydra app that ran earlier in this process (tests, notebooks) leaves its config behind,
-    # without a run directory: only this job's own overrides count
-    here = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None,
-                            throw_on_missing=False) if HydraConfig.initialized() else None
-    if overrides is None and here is not None and Path(here) == Path(out_dir):
-        overrides = list(HydraConfig.get().overrides.task)
+    if overrides is None:
+        overrides = command_line(Path(out_dir))
     validate(cfg)  # every value checked before any work (docs/faults.md)
     code_commit()  # now, not when results.json is written
     threads.apply(cfg.get("threads", "auto"))
@@ -170,26 +165,10 @@ def train(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) ->
 
 def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: torch.device,
            overrides: list[str]) -> dict[str, Any]:
-    # 1. resolve resume: resume=<run dir> continues that run, in its directory
-    mode = cfg.get("resume") or False
-    own_dir = isinstance(mode, str) and mode != "auto"
-    out_dir = rundir.resolve(mode, out_dir)
-    # 2. prepare the directory: one writer; an earlier run there is resumed, overwritten or kept
-    with rundir.claim(out_dir) if world.is_main else contextlib.nullcontext():
-        if world.is_main:
-            rundir.prepare(out_dir, resume=bool(mode), overwrite=bool(cfg.get("overwrite")))
-            rundir.save_hydra_files(out_dir, cfg, resume=bool(mode))
-        found = latest(out_dir, verbose=world.is_main) if mode else None
-        if found is None and mode not in (False, "auto"):
-            raise ConfigError(f"resume={mode} but {out_dir} holds no checkpoint "
-                              f"({', '.join(checkpoint.RESUMABLE)}): pass the run's directory "
-                              f"as hydra.run.dir=<dir> (or resume=<dir>), or drop resume")
-        saved = found[0] if found else None
-        if saved is not None:
-            cfg = resume_config(cfg, saved, overrides, use_saved=own_dir, source=found[1])
-        if world.is_main:
-            io.write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-            io.note_written(out_dir / "config.yaml")
+    # 1-2. resolve resume and claim the directory: one writer; an earlier run there is resumed,
+    # overwritten or kept; resume=<run dir> continues that run, in its directory
+    with open_run(cfg, out_dir, TrainingState, overrides, is_main=world.is_main) as run:
+        cfg, out_dir, saved = run.cfg, run.dir, run.saved
 
         # 3. build: data, learner, optimizer; the state a checkpoint holds
         tc = cfg.trainer
@@ -213,14 +192,13 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
         if saved is not None:
             state.load_state_dict(saved)
         scheduler = lr_scheduler(cfg, opt, done=state.iteration)
-        logger = RunLogger(cfg, out_dir, metrics_offset=state.metrics_bytes,
-                           enabled=world.is_main)
+        logger = run.start_logger(state)
 
         exit_code, preempted = 1, False
         try:
             # 5. meta-train
             with StopSignals() as stop:
-                stopped_at = _fit(cfg, state, scheduler, sample, prep, logger, out_dir, stop)
+                stopped_at = _fit(cfg, state, scheduler, sample, prep, run, stop)
                 if stopped_at is not None:
                     exit_code, preempted = PREEMPTED_EXIT_CODE, True
                     stop.hand_over()  # under submitit: requeue the job (and exit)
@@ -240,24 +218,18 @@ def _train(cfg: DictConfig, out_dir: Path, world: distributed.World, device: tor
             logger.finish(exit_code, preempted=preempted)
 
 
-def _save(state: TrainingState, logger: RunLogger, out_dir: Path, best: bool) -> None:
-    """After the iteration's log lines, so a resume cuts metrics.jsonl right there."""
-    state.wandb_run_id, state.metrics_bytes = logger.run_id, logger.metrics_offset
-    state.wandb_name, state.wandb_group = logger.identity
-    saved = state.state_dict()  # on every rank: it gathers their RNG streams
-    if state.world.is_main:
-        if best:
-            checkpoint.save(saved, out_dir / "best.pt")
-        checkpoint.save_rotating(saved, out_dir / "last.pt")  # keeps the previous as last.prev.pt
+def _save(state: TrainingState, run: Run, best: bool) -> None:
+    run.save(state, best=best)  # keeps the previous last.pt as last.prev.pt
     state.saved_iteration = state.iteration
 
 
 def _fit(cfg: DictConfig, state: TrainingState, scheduler: Any,
-         sample: dict[str, EpisodeSampler], prep: Preprocess, logger: RunLogger, out_dir: Path,
+         sample: dict[str, EpisodeSampler], prep: Preprocess, run: Run,
          stop: StopSignals) -> int | None:
     """Meta-train from `state.iteration` to `trainer.iterations`; the iteration at which a stop
     signal ended it (after saving), or None."""
     tc, world, algo, opt = cfg.trainer, state.world, state.model, state.optimizer
+    logger, out_dir = run.logger, run.dir
     params = [p for p in algo.parameters() if p.requires_grad]
     lo, hi = world.shard(tc.meta_batch_size)
     # A fused optimizer skips a NaN/Inf step on the device (`found_inf`, as under GradScaler),
@@ -329,7 +301,7 @@ def _fit(cfg: DictConfig, state: TrainingState, scheduler: Any,
         state.iteration = it
         # never while steps are skipped, so the last good checkpoint survives
         if host_bad_run == 0 and (evaluated or stops or it % tc.checkpoint_every == 0):
-            _save(state, logger, out_dir, best=improved)
+            _save(state, run, best=improved)
         if stops:
             return it
     bar.close()

@@ -26,16 +26,15 @@ from typing import Iterator
 
 from metalearn import io
 from metalearn.checkpoint import remove_temp_files
-from metalearn.io import MANIFEST, ONLINE_STATE, RESUMABLE, read_manifest
+from metalearn.io import MANIFEST, read_manifest
 from metalearn.errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
 LOCK = "run.lock"
-# What a metalearn run writes (eval-*.json: scripts/evaluate.py; online.*: an online stream);
-# a finished run has results.json.
-RUN_FILES = ("results.json", *RESUMABLE, *ONLINE_STATE, "metrics.jsonl", "config.yaml",
-             "stream.json", "online_curve.png")
+# What every metalearn run writes (eval-*.json: scripts/evaluate.py); a finished run has
+# results.json. Each run kind adds its own checkpoints and outputs (engine/run.py: RunState).
+RUN_FILES = ("results.json", "metrics.jsonl", "config.yaml")
 RUN_GLOBS = ("eval-*.json",)
 RUN_DIRS = ("wandb",)
 
@@ -221,11 +220,12 @@ def _alive(owner: dict) -> bool:
     return True
 
 
-def existing_run(run_dir: Path) -> list[Path]:
+def existing_run(run_dir: Path, names: tuple[str, ...] = ()) -> list[Path]:
     """What looks like a metalearn run's in `run_dir` (nothing of Hydra's): what its manifest
-    lists, and files by the names a run writes (a run from before manifests, or a user's)."""
+    lists, and files by the names a run writes, every run's and `names` (a run from before
+    manifests, or a user's)."""
     listed = [run_dir / n for n in read_manifest(run_dir) or () if _inside(run_dir, n)]
-    named = [run_dir / n for n in RUN_FILES + RUN_DIRS] + \
+    named = [run_dir / n for n in RUN_FILES + names + RUN_DIRS] + \
         [p for g in RUN_GLOBS for p in sorted(run_dir.glob(g))]
     return [p for p in dict.fromkeys(listed + named) if p.exists() or p.is_symlink()]
 
@@ -236,19 +236,20 @@ def _inside(run_dir: Path, name: str) -> bool:
         and "\\" not in name and "\0" not in name and (run_dir / name).parent == run_dir
 
 
-def prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def prepare(run_dir: Path, resume: bool, overwrite: bool, checkpoints: tuple[str, ...] = (),
+            outputs: tuple[str, ...] = ()) -> None:
     """Make `run_dir` ready for this run (called by the lock holder): stray temp files go; an
     earlier run is continued (`resume`), removed (`overwrite`) or protected (refused). Then
-    `manifest.json` records what this run writes (io.note_written), for a later overwrite."""
+    `manifest.json` records what this run writes (io.note_written), for a later overwrite.
+    `checkpoints`, `outputs`: the names this kind of run writes besides every run's."""
     if resume and overwrite:
         raise ConfigError("resume and overwrite=true contradict each other: drop one")
-    remove_temp_files(run_dir)
-    found = existing_run(run_dir)
+    remove_temp_files(run_dir, checkpoints)
+    found = existing_run(run_dir, checkpoints + outputs)
     if found and not resume:
         if not overwrite:
             what = ("a finished run (results.json)" if (run_dir / "results.json").exists() else
-                    "a resumable run" if any((run_dir / n).exists()
-                                             for n in (*RESUMABLE, *ONLINE_STATE)) else
+                    "a resumable run" if any((run_dir / n).exists() for n in checkpoints) else
                     "files of an earlier run")
             raise ConfigError(f"{run_dir} holds {what}: continue it with resume=true (or resume="
                               f"auto), start it over with overwrite=true (deletes what that run "

@@ -58,12 +58,6 @@ class OnlineLearner:
         pass
 
 
-def objective(m) -> torch.Tensor:
-    """The scalar to back-propagate: the learner's explicit objective if it states one."""
-    obj = getattr(m, "objective", None)
-    return (m.loss if obj is None else obj).float().mean()
-
-
 class FTML(OnlineLearner):
     """Follow the meta-leader: `steps_per_round` meta-steps on meta-batches from the buffer."""
 
@@ -97,7 +91,7 @@ class FTML(OnlineLearner):
             self.algo.on_iteration(self.steps)
             batch = self.ctx.episodes(buffer.sample(self.meta_batch_size, generator))
             self.opt.zero_grad(set_to_none=True)
-            loss = objective(self.algo(batch))
+            loss = self.algo(batch).to_minimise.float().mean()  # what training back-propagates
             if not torch.isfinite(loss):
                 raise TrainingError(f"the meta-loss became {float(loss)} at meta-step {self.steps}:"
                                     f" lower optimizer.lr or algo.inner_lr")

@@ -3,90 +3,37 @@
 Round t: materialise task t; the learner adapts on its support set and is scored on its query
 set (and, for the efficiency measure, with 1..max_shots shots); only then does the task join
 the buffer and the learner take its steps. `online.pt` after every `checkpoint_every` rounds
-holds the whole state (learner, optimizer, buffer, position, RNGs), so a run killed at any
-point and resumed ends bit-identical to one that never stopped.
+holds the whole state (`OnlineState`: learner, optimizer, buffer, position, RNGs), so a run
+killed at any point and resumed ends bit-identical to one that never stopped. The run directory,
+the resume policy, the logger and the checkpoint writer are training's (engine/run.py).
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from metalearn import safety
+from metalearn import checkpoint, io, threads
 from metalearn.config_check import validate
 from metalearn.data.episodes import Preprocess
-from metalearn import checkpoint, io
-from metalearn.engine import rundir
-from metalearn.engine.checkpoint import restore_rng, rng_state
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, seed_everything
 from metalearn.engine.progress import line_every
-from metalearn import threads
-from metalearn.errors import ConfigError, MetalearnError
+from metalearn.engine.run import Run, command_line, open_run
+from metalearn.errors import ConfigError, user_error
+from metalearn.online.buffer import TaskBuffer
 from metalearn.online.learners import Context, OnlineLearner
+from metalearn.online.state import OnlineState
 from metalearn.online.stream import TaskStream
-from metalearn.tracking import RunLogger
 
 log = logging.getLogger(__name__)
-STATE, PREV = rundir.ONLINE_STATE
-# A resumed run may change where and how it runs, not what it learns.
-FREE_KEYS = ("resume", "device", "paths.", "logger.")
-
-
-def make_logger(cfg: DictConfig, out_dir: Path, metrics_offset: int) -> RunLogger:
-    """The one place that builds the tracker."""
-    return RunLogger(cfg, out_dir, metrics_offset=metrics_offset)
-
-
-def _find_state(out_dir: Path) -> tuple[dict[str, Any], Path] | None:
-    found = [p for p in (out_dir / STATE, out_dir / PREV) if p.exists()]
-    for path in found:
-        try:
-            return checkpoint.load(path), path
-        except checkpoint.ForeignCheckpoint:
-            raise  # a file that is not ours (or imports code): never skipped silently
-        except Exception as e:  # a damaged newest file: fall back to the previous one
-            log.warning("%s; trying the previous online checkpoint", e)
-    if found:
-        raise ConfigError(f"no readable online checkpoint in {out_dir}: start a new run")
-    return None
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        return {k: v for key, val in d.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): d}
-
-
-def _resume(cfg: DictConfig, out_dir: Path) -> tuple[DictConfig, dict | None]:
-    mode = cfg.get("resume") or False
-    found = _find_state(out_dir) if mode else None
-    if found is None:
-        if mode not in (False, "auto"):
-            raise ConfigError(f"resume={mode} but {out_dir} holds no {STATE}: pass the online "
-                              f"run's directory (resume=<dir>), or drop resume")
-        return cfg, None
-    state, path = found
-    if isinstance(mode, str) and mode != "auto":
-        # the stream is then built from the checkpoint's config: shipped targets only
-        saved = safety.checked(state.get("config"), path)
-        with open_dict(saved):
-            saved.resume, saved.device = cfg.resume, cfg.device
-        return saved, state
-    a, b = _flat(state["config"]), _flat(OmegaConf.to_container(cfg, resolve=True))
-    diff = [k for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k) and not k.startswith(FREE_KEYS)]
-    if diff:
-        raise ConfigError(f"resume: the config differs from the online checkpoint's at "
-                          f"{', '.join(diff)}: resume with the original overrides, or "
-                          f"resume=<run dir> to reuse its config")
-    return cfg, state
 
 
 def _make(node: DictConfig) -> Any:
@@ -94,10 +41,7 @@ def _make(node: DictConfig) -> Any:
     try:
         return instantiate(node)
     except Exception as e:
-        cause: BaseException | None = e
-        while cause is not None and not isinstance(cause, MetalearnError):
-            cause = cause.__cause__
-        raise (cause or e) from None
+        raise (user_error(e) or e) from None
 
 
 def _init_from(algo: torch.nn.Module, where: str) -> None:
@@ -113,25 +57,76 @@ def _init_from(algo: torch.nn.Module, where: str) -> None:
                           f"the run that wrote it") from None
 
 
-def run_online(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def run_online(cfg: DictConfig, out_dir: Path,
+               overrides: list[str] | None = None) -> dict[str, Any]:
+    """`overrides`: the command line's (under train.py, read from Hydra), which `resume=<run
+    dir>` applies on top of that run's saved config, as for training."""
+    if overrides is None:
+        overrides = command_line(Path(out_dir))
     validate(cfg)  # every value checked before any work, as for training
     threads.apply(cfg.get("threads", "auto"))
-    mode = cfg.get("resume") or False
-    out_dir = rundir.resolve(mode, out_dir)
     # one writer per directory; a finished stream is never written over unless asked
-    with rundir.claim(out_dir):
-        rundir.prepare(out_dir, resume=bool(mode), overwrite=bool(cfg.get("overwrite")))
-        rundir.save_hydra_files(out_dir, cfg, resume=bool(mode))
-        return _run(*_resume(cfg, out_dir), out_dir)
+    with open_run(cfg, Path(out_dir), OnlineState, overrides) as run:
+        on = _setup(run)
+        logger = run.start_logger(on.state)
+        exit_code = 1
+        try:
+            log.info("online: %s on %d rounds (%s), %d-way %d-shot, %s; writing to %s",
+                     type(on.learner).__name__, len(on.stream),
+                     ", ".join(on.stream.domain_names[:4]) +
+                     (", ..." if len(on.stream.domain_names) > 4 else ""), on.t.ways,
+                     on.t.shots, threads.summary(), run.dir)
+            for r in range(on.state.round, len(on.stream)):
+                _round(on, run, r)
+            results = _summary(on, run)
+            exit_code = 0
+            return results
+        finally:
+            logger.finish(exit_code)
 
 
-def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
+@dataclass
+class _Online:
+    """What the rounds of one stream share."""
+
+    cfg: DictConfig
+    state: OnlineState
+    stream: TaskStream
+    split: Any  # the data split the stream draws from
+    prep: Preprocess
+    probes: TaskStream | None  # fresh tasks of the first domains, for the forgetting measure
+    device: torch.device
+    first: int  # the round this process started at
+    started: float
+    every: int  # a train.log line every so many rounds
+
+    @property
+    def learner(self) -> OnlineLearner:
+        return self.state.learner
+
+    @property
+    def t(self) -> DictConfig:
+        return self.cfg.task
+
+    @property
+    def eff(self) -> DictConfig:
+        return self.cfg.online.efficiency
+
+    def episodes(self, stream: TaskStream, index: list[int]):
+        return self.prep(stream.episodes(self.split, index, self.t.shots, self.t.query))
+
+    def probe_acc(self, domain: int) -> float:
+        idx = (self.probes.domain == domain).nonzero().flatten().tolist()
+        return float(self.learner.score(self.episodes(self.probes, idx)).acc.mean())
+
+
+def _setup(run: Run) -> _Online:
+    """Build the learner, buffer and stream; check the settings; restore a resumed state."""
+    cfg, out_dir = run.cfg, run.dir
     oc, t = cfg.online, cfg.task
-    out_dir.mkdir(parents=True, exist_ok=True)
-    io.note_written(out_dir / "config.yaml")
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     device = resolve_device(cfg.device)
-    buffer, spec = _make(oc.buffer), _make(oc.stream)
+    buffer: TaskBuffer = _make(oc.buffer)
+    spec = _make(oc.stream)
     learner: OnlineLearner = _make(oc.learner)
     seed_everything(cfg.seed)
     data, algo = build(cfg, device)
@@ -144,8 +139,7 @@ def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
     split = data.splits()[spec.split]
     shots_drawn = max(t.shots, eff.max_shots or 0)
     stream: TaskStream = spec.draw(split, t.ways, shots_drawn, t.query, cfg.seed)
-    io.note_written(out_dir / "stream.json")
-    (out_dir / "stream.json").write_text(json.dumps(
+    run.write_text("stream.json", json.dumps(
         {**stream.to_json(split), "left_out": getattr(spec, "left_out", [])}))
     probes = None
     if oc.forgetting.domains and hasattr(spec, "probes"):
@@ -168,7 +162,7 @@ def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"online.checkpoint is set but {type(learner).__name__} does not use "
                           f"the meta-learner's parameters: drop it, or use online=ftml/frozen")
     if getattr(learner, "steps_per_round", 1) == 0 and learner.uses_meta_learner \
-            and not oc.checkpoint and state is None:
+            and not oc.checkpoint and run.saved is None:
         raise ConfigError("online=frozen scores fixed meta-parameters: set online.checkpoint="
                           "<run dir of an i.i.d. meta-training run>")
     if oc.checkpoint:
@@ -180,103 +174,77 @@ def _run(cfg: DictConfig, state: dict | None, out_dir: Path) -> dict[str, Any]:
         labelled=labelled, num_classes=split.num_classes, ways=t.ways,
         total_rounds=len(stream)))
     buffer_gen = torch.Generator().manual_seed(cfg.seed)
-    gens = {"buffer": buffer_gen, **learner.generators()}
-    hist: dict[str, Any] = {"acc": [], "examples": [], "probe_after": {}, "elapsed_s": 0.0}
-    first = 0
-    if state is not None:
-        if state["stream"] != stream.fingerprint():
-            raise ConfigError(f"resume: the stream drawn now differs from the checkpoint's (the "
-                              f"data under paths.data_dir changed?): start a new run")
-        learner.load_state_dict(state["learner"])
-        buffer.load_state_dict(state["buffer"])
-        restore_rng(state["rng"], gens)
-        hist, first = state["history"], state["round"]
-        log.info("resuming the stream at round %d of %d", first + 1, len(stream))
-    logger = make_logger(cfg, out_dir, state["metrics_bytes"] if state else 0)
-    start = time.time()
-
-    def save(done: int) -> None:
-        hist["elapsed_s"] += time.time() - save.since
-        save.since = time.time()
-        checkpoint.save_rotating(
-            {"format": checkpoint.FORMAT, "version": checkpoint.VERSION,
-             "round": done, "learner": learner.state_dict(), "buffer": buffer.state_dict(),
-             "rng": rng_state(gens), "history": hist, "stream": stream.fingerprint(),
-             "metrics_bytes": logger.metrics_offset, "wandb_run_id": logger.run_id,
-             "config": OmegaConf.to_container(cfg, resolve=True)}, out_dir / STATE)
-    save.since = start
-
-    def probe_acc(domain: int) -> float:
-        idx = (probes.domain == domain).nonzero().flatten().tolist()
-        episodes = prep(probes.episodes(split, idx, t.shots, t.query))
-        return float(learner.score(episodes).acc.mean())
-
+    state = OnlineState(learner, buffer, {"buffer": buffer_gen, **learner.generators()},
+                        stream.fingerprint(), config=OmegaConf.to_container(cfg))
+    if run.saved is not None:
+        state.load_state_dict(run.saved)
+        log.info("resuming the stream at round %d of %d", state.round + 1, len(stream))
     # a line every few rounds and at each domain's end (bounded like training's), for train.log
-    every, n = line_every(len(stream), 1), len(stream)
-    log.info("online: %s on %d rounds (%s), %d-way %d-shot, %s; writing to %s",
-             type(learner).__name__, n, ", ".join(stream.domain_names[:4]) +
-             (", ..." if len(stream.domain_names) > 4 else ""), t.ways, t.shots,
-             threads.summary(), out_dir)
+    return _Online(cfg, state, stream, split, prep, probes, device, first=state.round,
+                   started=time.time(), every=line_every(len(stream), 1))
 
-    def report(r: int, d: int, ends_domain: bool, row: dict[str, Any]) -> None:
-        pace = (r + 1 - first) / max(time.time() - start, 1e-9)
-        log.info("round %d/%d acc %.3f mean %.3f | %.1f rounds/min, %s left", r + 1, n,
-                 row["online/acc"], row["online/acc_mean"], 60 * pace,
-                 time.strftime("%H:%M:%S", time.gmtime((n - r - 1) / pace)))
-        if ends_domain:
-            in_d = [a for a, dd in zip(hist["acc"], stream.domain.tolist()) if dd == d]
-            probe = row.get(f"forgetting/acc_after_domain_{d}")
-            log.info("domain %s done: acc %.3f over its %d rounds%s", stream.domain_names[d],
-                     sum(in_d) / len(in_d), len(in_d),
-                     "" if probe is None else f"; fresh tasks of it {probe:.3f}")
 
-    exit_code = 1
-    try:
-        for r in range(first, len(stream)):
-            # 1. score the new task with what was learnt before it ...
-            ep = prep(stream.episodes(split, [r], t.shots, t.query))
-            scored = learner.score(ep)
-            acc, loss = float(scored.acc[0]), float(scored.loss[0])
-            examples = None
-            if eff.max_shots and (r + 1) % eff.every == 0:
-                examples = examples_to_reach(learner, stream, split, prep, r, t, eff, acc)
-            # 2. ... then learn from it
-            buffer.add(r)
-            extra = learner.learn(buffer, buffer_gen)
-            hist["acc"].append(acc)
-            hist["examples"].append(examples)
-            d = int(stream.domain[r])
-            row = {"online/acc": acc, "online/loss": loss, "online/acc_mean": sum(hist["acc"]) / len(hist["acc"]),
-                   "online/domain": d, **extra}
-            if eff.max_shots and (r + 1) % eff.every == 0:
-                row["online/examples_to_threshold"] = examples
-            ends_domain = r + 1 == len(stream) or int(stream.domain[r + 1]) != d
-            if probes is not None and ends_domain and d < len(probes.domain_names):
-                hist["probe_after"][str(d)] = probe_acc(d)
-                row[f"forgetting/acc_after_domain_{d}"] = hist["probe_after"][str(d)]
-            logger.log(r + 1, row)
-            if (r + 1) % every == 0 or ends_domain:
-                report(r, d, ends_domain, row)
-            if (r + 1) % oc.checkpoint_every == 0 or r + 1 == len(stream):
-                save(r + 1)
-        results = summarise(hist, stream, eff, probes, probe_acc, learner)
-        results["wall_time_s"] = hist["elapsed_s"] + time.time() - save.since
-        results["device"] = str(device)
-        logger.log(len(stream), {k: v for k, v in results.items()
+def _round(on: _Online, run: Run, r: int) -> None:
+    """Round r: score task r with what was learnt before it, then learn from it; log, save."""
+    state, stream, learner, eff, t = on.state, on.stream, on.learner, on.eff, on.t
+    hist = state.history
+    scored = learner.score(on.episodes(stream, [r]))
+    acc, loss = float(scored.acc[0]), float(scored.loss[0])
+    measured = bool(eff.max_shots) and (r + 1) % eff.every == 0
+    examples = examples_to_reach(learner, stream, on.split, on.prep, r, t, eff, acc) \
+        if measured else None
+    state.buffer.add(r)
+    extra = learner.learn(state.buffer, state.generators["buffer"])
+    hist["acc"].append(acc)
+    hist["examples"].append(examples)
+    d = int(stream.domain[r])
+    row = {"online/acc": acc, "online/loss": loss,
+           "online/acc_mean": sum(hist["acc"]) / len(hist["acc"]), "online/domain": d, **extra}
+    if measured:
+        row["online/examples_to_threshold"] = examples
+    ends_domain = r + 1 == len(stream) or int(stream.domain[r + 1]) != d
+    if on.probes is not None and ends_domain and d < len(on.probes.domain_names):
+        hist["probe_after"][str(d)] = on.probe_acc(d)
+        row[f"forgetting/acc_after_domain_{d}"] = hist["probe_after"][str(d)]
+    run.logger.log(r + 1, row)
+    if (r + 1) % on.every == 0 or ends_domain:
+        _report(on, r, d, ends_domain, row)
+    state.round = r + 1
+    if (r + 1) % on.cfg.online.checkpoint_every == 0 or r + 1 == len(stream):
+        run.save(state)
+
+
+def _report(on: _Online, r: int, d: int, ends_domain: bool, row: dict[str, Any]) -> None:
+    n, hist = len(on.stream), on.state.history
+    pace = (r + 1 - on.first) / max(time.time() - on.started, 1e-9)
+    log.info("round %d/%d acc %.3f mean %.3f | %.1f rounds/min, %s left", r + 1, n,
+             row["online/acc"], row["online/acc_mean"], 60 * pace,
+             time.strftime("%H:%M:%S", time.gmtime((n - r - 1) / pace)))
+    if ends_domain:
+        in_d = [a for a, dd in zip(hist["acc"], on.stream.domain.tolist()) if dd == d]
+        probe = row.get(f"forgetting/acc_after_domain_{d}")
+        log.info("domain %s done: acc %.3f over its %d rounds%s", on.stream.domain_names[d],
+                 sum(in_d) / len(in_d), len(in_d),
+                 "" if probe is None else f"; fresh tasks of it {probe:.3f}")
+
+
+def _summary(on: _Online, run: Run) -> dict[str, Any]:
+    """results.json, the summary row and the learning curve."""
+    state, stream = on.state, on.stream
+    results = summarise(state.history, stream, on.eff, on.probes, on.probe_acc, on.learner)
+    results["wall_time_s"] = state.elapsed()
+    results["device"] = str(on.device)
+    run.logger.log(len(stream), {k: v for k, v in results.items()
                                  if k.startswith("forgetting/")})
-        logger.summary(results)
-        io.note_written(out_dir / "results.json")
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-        io.note_written(out_dir / "online_curve.png")
-        from metalearn.online.plot import curve  # matplotlib only once there is a curve to draw
-        curve(out_dir / "online_curve.png", hist["acc"], stream,
-              title=f"{type(learner).__name__}: {cfg.task.ways}-way {cfg.task.shots}-shot")
-        log.info("online accuracy %.2f%% over %d rounds; results in %s",
-                 100 * results["online_acc"], len(stream), out_dir)
-        exit_code = 0
-        return results
-    finally:
-        logger.finish(exit_code)
+    run.logger.summary(results)
+    run.write_text("results.json", json.dumps(results, indent=2))
+    io.note_written(run.dir / "online_curve.png")
+    from metalearn.online.plot import curve  # matplotlib only once there is a curve to draw
+    curve(run.dir / "online_curve.png", state.history["acc"], stream,
+          title=f"{type(on.learner).__name__}: {on.t.ways}-way {on.t.shots}-shot")
+    log.info("online accuracy %.2f%% over %d rounds; results in %s",
+             100 * results["online_acc"], len(stream), run.dir)
+    return results
 
 
 def examples_to_reach(learner: OnlineLearner, stream: TaskStream, split, prep: Preprocess,

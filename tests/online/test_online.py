@@ -196,3 +196,101 @@ def test_train_log_follows_the_stream(tmp_path):
     for line in ["online: FTML on 8 rounds", "round 2/8 acc", "round 8/8 acc", "done: acc",
                  "online accuracy"]:
         assert line in log, line
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_an_online_checkpoint_round_trips_through_online_state(tmp_path):
+    from metalearn.engine.run import Run
+    from metalearn.online.run import _setup
+    from metalearn.online.state import OnlineState
+
+    cfg = compose_cfg(*FAST_FTML, "online/stream=iid", "online.stream.rounds=3",
+                      "online.checkpoint_every=2")
+    run_online(cfg, tmp_path / "run")
+    saved = checkpoint.load(tmp_path / "run" / "online.pt")
+    assert saved["round"] == 3 and set(OnlineState.KEYS) <= saved.keys()
+    # a fresh learner, buffer and RNGs, restored from the file: the same state, written again
+    (tmp_path / "again").mkdir()
+    on = _setup(Run(cfg, tmp_path / "again", OnlineState, saved))
+    again = on.state.state_dict()
+    for d in (saved, again):
+        d["history"] = {**d["history"], "elapsed_s": None}  # time, not state
+    assert again.keys() == saved.keys() and _same(again, saved)
+    assert on.state.round == 3 and on.first == 3  # the stream goes on after round 3
+    with pytest.raises(ConfigError, match="the stream drawn now differs"):
+        OnlineState(on.state.learner, on.state.buffer, on.state.generators,
+                    stream=on.state.stream + 1).load_state_dict(saved)
+
+
+def test_training_and_online_resumes_share_one_policy(tmp_path):
+    """One resume policy: the same change is refused alike by both kinds of run, the same
+    where-and-how keys are free, and both write through the same checkpoint writer."""
+    from metalearn.engine.loop import train
+    from tests.engine.conftest import TINY
+
+    runs = {"training": (lambda *o, **kw: train(compose_cfg(*TINY, *o), kw["at"], kw.get("ov"))),
+            "online": (lambda *o, **kw: run_online(compose_cfg(*FAST_FTML, *IID, *o), kw["at"],
+                                                   kw.get("ov")))}
+    written = []
+    save = checkpoint.save
+
+    def spy(state, path, keep_previous=False):
+        written.append((path.name, keep_previous))
+        save(state, path, keep_previous)
+
+    messages = {}
+    for kind, start in runs.items():
+        run = tmp_path / kind
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(checkpoint, "save", spy)
+            start(at=run)
+        with pytest.raises(ConfigError) as same_dir:
+            start("seed=3", "resume=true", at=run)
+        with pytest.raises(ConfigError) as run_dir:
+            start(f"resume={run}", "seed=3", at=tmp_path / "x", ov=[f"resume={run}", "seed=3"])
+        messages[kind] = [str(e.value).replace(str(run), "<run>") for e in (same_dir, run_dir)]
+        # what only says where and how the run goes is accepted by both
+        start(f"resume={run}", "threads=1", at=tmp_path / "x", ov=[f"resume={run}", "threads=1"])
+    assert messages["training"][0] == messages["online"][0] == (
+        "resume: the config differs from the checkpoint's at seed (0 in the checkpoint, 3 now). "
+        "Resume with the original overrides (or resume=<run dir> to reuse its config), or start "
+        "a new run")
+    head = ("resume=<run dir> continues that run with its own config; seed cannot change in a "
+            "resumed run (only resume, overwrite, device, threads, paths, logger, "
+            "optimizer.fused, optimizer.foreach")
+    tail = "): drop the override or start a new run"
+    assert messages["online"][1] == head + tail
+    assert messages["training"][1] == head + (", trainer.iterations, trainer.eval_every, "
+                                              "trainer.log_every, trainer.checkpoint_every, "
+                                              "eval") + tail
+    rotated = {name for name, keep in written if keep}
+    assert rotated == {"last.pt", "online.pt"}, written
+
+
+def test_a_damaged_online_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    over = [*FAST_FTML, *IID, "online.checkpoint_every=2"]  # saves after rounds 2 and 4
+    run = tmp_path / "run"
+    first = run_online(compose_cfg(*over), run)
+    rows = _rows(run)
+    assert checkpoint.load(run / "online.prev.pt")["round"] == 2
+    data = (run / "online.pt").read_bytes()
+    (run / "online.pt").write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match=r"online\.pt is corrupt or truncated.*Resuming from "
+                                         r".*online\.prev\.pt"):
+        again = run_online(compose_cfg(*over, "resume=true"), run)
+    assert _rows(run) == rows  # rounds 3 and 4 again, from round 2's state
+    assert {k: v for k, v in again.items() if k != "wall_time_s"} == \
+        {k: v for k, v in first.items() if k != "wall_time_s"}
+    for name in ("online.pt", "online.prev.pt"):
+        (run / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="no readable checkpoint"):
+        run_online(compose_cfg(*over, "resume=true"), run)
