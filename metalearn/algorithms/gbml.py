@@ -114,29 +114,29 @@ class GBML(MetaLearner):
         return {n: _sgd(p, self.step_lr(n, step), grads[n]) for n, p in fast.items()}
 
     # --- the l2l engine: one task at a time ---
-    def _inner_step(self, learner: nn.Module, loss: torch.Tensor, step: int,
+    def _inner_step(self, clone: nn.Module, loss: torch.Tensor, step: int,
                     first_order: bool) -> None:
-        named = [(n, p) for n, p in learner.named_parameters() if self.adapts(n)]
+        named = [(n, p) for n, p in clone.named_parameters() if self.adapts(n)]
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True,
                                     retain_graph=not first_order, create_graph=not first_order)
         lr = {n: self.step_lr(n, step) for n, _ in named}
         new = {n: None if g is None else -lr[n] * g for (n, _), g in zip(named, grads)}
-        l2l.update_module(learner, updates=[new.get(n) for n, _ in learner.named_parameters()])
+        l2l.update_module(clone, updates=[new.get(n) for n, _ in clone.named_parameters()])
 
     def _adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int, first_order: bool,
                query: torch.Tensor | None = None) -> tuple[nn.Module, list[torch.Tensor]]:
         """Adapt a clone of `model` on features (x, y); with `query`, also return its logits
         after every step."""
-        learner = l2l.clone_module(self.model)
+        clone = l2l.clone_module(self.model)
         logits = []
         for step in range(steps):
             with inner_step(step):
-                loss = self.inner_loss(learner(x), y)
-            self._inner_step(learner, loss, step, first_order)
+                loss = self.inner_loss(clone(x), y)
+            self._inner_step(clone, loss, step, first_order)
             if query is not None:
                 with inner_step(step):
-                    logits.append(learner(query))
-        return learner, logits
+                    logits.append(clone(query))
+        return clone, logits
 
     # --- the batched engine: all tasks at once ---
     def _adapt_batched(self, episodes: Episodes, steps: int, first_order: bool,
@@ -160,12 +160,12 @@ class GBML(MetaLearner):
             zs, zq = self.features(episodes.support_x[t]), self.features(episodes.query_x[t])
             qy = episodes.query_y[t]
             # query logits after every step only under MSL; otherwise after the last one
-            learner, logits = self._adapt(zs, episodes.support_y[t], steps,
+            clone, logits = self._adapt(zs, episodes.support_y[t], steps,
                                           self.train_first_order,
                                           query=None if weights is None else zq)
             if weights is None:
                 with inner_step(steps - 1):
-                    logits = [learner(zq)]
+                    logits = [clone(zq)]
                 loss = self.query_loss(logits[0], qy)
             else:
                 weights = weights.to(zq.device, zq.dtype)
@@ -185,9 +185,9 @@ class GBML(MetaLearner):
             with torch.no_grad():  # the embedding is fixed at test time: no graph through it
                 zs, zq = self.features(episodes.support_x[t]), self.features(episodes.query_x[t])
             with torch.enable_grad():
-                learner, _ = self._adapt(zs, episodes.support_y[t], steps, first_order=True)
+                clone, _ = self._adapt(zs, episodes.support_y[t], steps, first_order=True)
             with torch.no_grad(), inner_step(steps - 1):
-                logits = learner(zq)
+                logits = clone(zq)
                 losses.append(self.query_loss(logits, episodes.query_y[t]))
                 accs.append(accuracy(logits, episodes.query_y[t]))
         return TaskMetrics(torch.stack(losses), torch.stack(accs))
@@ -197,11 +197,11 @@ class GBML(MetaLearner):
         with torch.no_grad(), batch_stats(stats, "record"):
             zs = self.features(support_x)
         with torch.enable_grad():
-            learner, _ = self._adapt(zs, support_y, steps, first_order=True)
+            clone, _ = self._adapt(zs, support_y, steps, first_order=True)
         with torch.no_grad(), inner_step(steps - 1), batch_stats(stats, "record"):
-            learner(zs)  # the adapted model's statistics on the support set
+            clone(zs)  # the adapted model's statistics on the support set
 
         def classify(query_x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad(), inner_step(steps - 1), batch_stats(stats, "reuse"):
-                return learner(self.features(query_x))
+                return clone(self.features(query_x))
         return classify

@@ -173,8 +173,8 @@ class Reptile(GBML):
                query: torch.Tensor | None = None) -> tuple[nn.Module, list[torch.Tensor]]:
         """Test-time adaptation (GBML.evaluate and adapt): from a copy of the carried state."""
         sq, t = self._state(fresh=not self.carry_state)
-        learner, _ = self._train(x, y, steps, self.test_inner_batch, sq, t)
-        return copy.deepcopy(learner), []
+        clone, _ = self._train(x, y, steps, self.test_inner_batch, sq, t)
+        return copy.deepcopy(clone), []
 
     # --- the batched engine ---
     def _tasks_batched(self, episodes: Episodes, steps: int, batch: int | None
@@ -224,12 +224,12 @@ class Reptile(GBML):
             for i in range(len(episodes)):
                 if i and not self.carry_state:
                     sq, t = self._state(fresh=True)
-                learner, t = self._train(episodes.support_x[i], episodes.support_y[i], steps,
+                clone, t = self._train(episodes.support_x[i], episodes.support_y[i], steps,
                                          self.inner_batch, sq, t)
                 with torch.no_grad():
-                    all_logits.append(learner(episodes.query_x[i]))
+                    all_logits.append(clone(episodes.query_x[i]))
                 losses.append(self.query_loss(all_logits[-1], episodes.query_y[i]))
-                phi.append([p.detach().clone() for p in learner.parameters()])
+                phi.append([p.detach().clone() for p in clone.parameters()])
             if self.carry_state:
                 self._save_state(sq, t)
             phi = [torch.stack(ps) for ps in zip(*phi)]
