@@ -27,7 +27,6 @@ docs/performance.md; `--trace DIR` also saves a Chrome trace per setting.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import sys

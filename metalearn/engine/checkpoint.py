@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -85,22 +84,6 @@ class TrainingState(run.RunState):
         if cfg.trainer.iterations < state["iteration"]:
             raise ConfigError(f"trainer.iterations={cfg.trainer.iterations} but the checkpoint "
                               f"is at iteration {state['iteration']}: raise trainer.iterations")
-
-
-SAFE_KEYS = TrainingState.SAFE_KEYS
-
-
-def latest(run_dir: Path, verbose: bool = True) -> tuple[dict[str, Any], Path] | None:
-    """The newest readable training checkpoint among last/last.prev/best, or None."""
-    return run.latest(run_dir, TrainingState, verbose)
-
-
-def resume_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str] | None,
-                  use_saved: bool, source: str | Path = "the checkpoint") -> DictConfig:
-    """engine/run.py's policy with training's safe keys and checks."""
-    cfg = run.resume_config(cfg, state, overrides, use_saved, source, SAFE_KEYS)
-    TrainingState.check_resume(cfg, state)
-    return cfg
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:

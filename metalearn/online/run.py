@@ -122,7 +122,7 @@ class _Online:
 
 def _setup(run: Run) -> _Online:
     """Build the learner, buffer and stream; check the settings; restore a resumed state."""
-    cfg, out_dir = run.cfg, run.dir
+    cfg = run.cfg
     oc, t = cfg.online, cfg.task
     device = resolve_device(cfg.device)
     buffer: TaskBuffer = _make(oc.buffer)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from metalearn import checkpoint
-from metalearn.engine.checkpoint import latest
+from metalearn.engine.checkpoint import TrainingState
+from metalearn.engine.run import latest
 from metalearn.engine.loop import train
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE
 from metalearn.errors import ConfigError, TrainingError
@@ -145,7 +146,7 @@ def test_a_truncated_checkpoint_is_reported_and_an_older_one_resumes(tmp_path):
     (run / "last.pt").write_bytes(data[: len(data) // 2])
 
     with pytest.warns(UserWarning, match=r"last\.pt is corrupt or truncated.*Resuming from"):
-        state, path = latest(run)
+        state, path = latest(run, TrainingState)
     assert path.name == "best.pt" if state["iteration"] == 6 else path.name == "last.prev.pt"
     with pytest.warns(UserWarning, match="corrupt or truncated"):
         results = train(compose_cfg(*base, "trainer.iterations=8", "resume=true"), run)
