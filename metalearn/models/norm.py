@@ -70,20 +70,24 @@ class BatchNorm2d(nn.Module):
         frozen = _STATS.get()
         if frozen is not None and frozen[0] == "reuse":
             mean, var = frozen[1].pop()
+            centred = x - mean
         else:
-            var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+            # two passes, not var_mean: as exact, and var_mean's Welford kernel is slower on CPU
+            mean = x.mean(dim=dims, keepdim=True)
+            centred = x - mean
+            var = (centred * centred).mean(dim=dims, keepdim=True)
             if frozen is not None:
                 frozen[1].append((mean, var))
         scale = torch.rsqrt(var + self.eps)
         if self.weight is None:
-            return (x - mean) * scale
+            return centred * scale
         w, b = self.weight, self.bias
         if w.dim() == 2:  # per-step tables
             step = min(_step, w.shape[0] - 1)
             w, b = w[step], b[step]
         shape = (1, -1, *[1] * (x.dim() - 2))
         # the affine map folded into the per-channel scale: one pass over x instead of three
-        return torch.addcmul(b.view(shape), x - mean, scale * w.view(shape))
+        return torch.addcmul(b.view(shape), centred, scale * w.view(shape))
 
     def per_step(self, steps: int) -> None:
         """One weight/bias row per inner step, each starting from the current values."""
