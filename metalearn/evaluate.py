@@ -28,8 +28,8 @@ from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn import checkpoint, io
 from metalearn.io import disk_error
-from metalearn.engine.evaluation import (cross_domains, cross_line, evaluate, evaluate_domains,
-                                         result_key)
+from metalearn.engine.evaluation import (cross_domains, cross_line, evaluate_domains,
+                                         evaluate_split, result_key)
 from metalearn.engine.distributed import resolve_device
 from metalearn.engine.loop import build, samplers, seed_everything
 from metalearn import threads
@@ -82,10 +82,10 @@ def score(cfg: DictConfig, data: FewShotDataset, algo: MetaLearner, split: str, 
           progress: Progress | None = None) -> dict[str, float]:
     """Accuracy ± 95% CI on `episodes` fixed tasks of `data`'s `split`."""
     algo.check_ways(ways)
-    sampler = samplers(cfg, data, device, ways=ways, shots=shots, query=query)[split]
+    sample = samplers(cfg, data, device, ways=ways, shots=shots, query=query)
     tc = cfg.trainer
-    return evaluate(algo, sampler, episodes, tc.eval_batch_size, tc.eval_seed,
-                    progress=progress)
+    return evaluate_split(algo, sample, split, episodes, tc.eval_batch_size, tc.eval_seed,
+                          progress=progress)
 
 
 def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None,
@@ -139,6 +139,7 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None,
         tag += f"-{adapter_name or 'adapter'}"
         extra["adapter"] = adapter_name or "adapter"
         extra["adapter_config"] = OmegaConf.to_container(adapter, resolve=True)
+    extra.update({k: v for k, v in res.items() if k.count("/") == 2})  # test/<source>/acc
     out = {"acc": res["acc"], "acc_ci95": res["acc_ci95"], "loss": res["loss"],
            "episodes": episodes, "split": split, "checkpoint": which, "ways": ways,
            "shots": shots, "query": query, "eval_seed": cfg.trainer.eval_seed,

@@ -52,6 +52,11 @@ class Preprocessor:
     """
 
     def __init__(self, prep: dict[str, Any]) -> None:
+        if prep.get("invert", False) is None:  # metalearn/data/multisource.py
+            raise DataError(
+                f"this model trained on sources of both polarities (inverted as Omniglot's reader "
+                f"does: {', '.join(prep['inverted_sources'])}; as read: the others), so an image "
+                f"file's polarity is ambiguous: predict with a run whose sources agree")
         self.prep = prep
         self.mean = torch.tensor(prep["mean"]).view(-1, 1, 1)
         self.std = torch.tensor(prep["std"]).view(-1, 1, 1)

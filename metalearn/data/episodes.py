@@ -124,7 +124,7 @@ class EpisodeSampler:
     def sample(self, batch_size: int) -> Episodes:
         s, g, dev = self.split, self.generator, self.device
         b, w, n = batch_size, self.ways, self.shots + self.query
-        classes = torch.rand(b, s.num_classes, generator=g, device=dev).argsort(1)[:, :w]
+        classes = self.classes(b)                                    # [B, W]
         counts = s.counts[classes]                                   # [B, W]
         # Random keys, with positions past a class's size pushed to the end, so the n smallest
         # keys are n distinct images of that class.
@@ -138,6 +138,12 @@ class EpisodeSampler:
         k = self.shots
         return Episodes(x[:, :, :k].flatten(1, 2), y[:, :, :k].flatten(1),
                         x[:, :, k:].flatten(1, 2), y[:, :, k:].flatten(1))
+
+    def classes(self, batch_size: int) -> torch.Tensor:
+        """The `ways` distinct classes of each task, [B, W]: any of the split's."""
+        keys = torch.rand(batch_size, self.split.num_classes, generator=self.generator,
+                          device=self.device)
+        return keys.argsort(1)[:, :self.ways]
 
     def sample_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """n images drawn uniformly from the split (uint8) with their split-wide class labels,

@@ -25,6 +25,7 @@ from metalearn.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                               ".ppm", ".pgm"})
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 DATA_DIR_HINT = ("set dataset.root=... or paths.data_dir=... (default: the METALEARN_DATA_DIR "
                  "environment variable, else ./data)")
 
@@ -204,6 +205,27 @@ def resize_uint8(images: torch.Tensor, size: int, chunk: int = 1024) -> torch.Te
         x = F.interpolate(images[s : s + chunk].float(), size=(size, size), mode="bilinear",
                           antialias=True, align_corners=False)
         out[s : s + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def adapt_images(images: torch.Tensor, shape: tuple[int, int, int],
+                 chunk: int = 1024) -> torch.Tensor:
+    """uint8 [N, C, H, W] of another domain or source -> uint8 [N, *shape] (channels, then square
+    size): gray -> RGB repeats the channel, RGB -> gray is the luminance `LUMA`."""
+    channels, size = shape[0], shape[-1]
+    have = images.shape[1]
+    if have != channels and (have, channels) not in ((1, 3), (3, 1)):
+        raise ConfigError(f"cannot map {have}-channel images onto a model trained on "
+                          f"{channels}-channel ones: only gray <-> RGB is defined")
+    out = torch.empty((images.shape[0], channels, size, size), dtype=torch.uint8)
+    luma = torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1)
+    for s in range(0, images.shape[0], chunk):
+        x = resize_uint8(images[s : s + chunk], size)
+        if (have, channels) == (1, 3):
+            x = x.expand(-1, 3, -1, -1)
+        elif (have, channels) == (3, 1):
+            x = (x.float() * luma).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+        out[s : s + chunk] = x
     return out
 
 

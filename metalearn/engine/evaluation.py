@@ -37,11 +37,10 @@ from metalearn.algorithms.base import MetaLearner
 from metalearn.algorithms.protonet import ProtoNet
 from metalearn.data.base import FewShotDataset, ImageSplit
 from metalearn.data.episodes import EpisodeSampler, Preprocess
-from metalearn.data.readers import resize_uint8
+from metalearn.data.readers import adapt_images  # noqa: F401  (re-exported: the cross-domain mapping)
 from metalearn.engine.distributed import World
 from metalearn.errors import ConfigError
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert("L")
 SPLIT_CHOICES = ("test", "val", "all")
 REFERENCES = ("pixels", "untrained")
 
@@ -90,23 +89,27 @@ def evaluate(algo: MetaLearner, sampler: EpisodeSampler, episodes: int, batch_si
     return {"acc": acc, "acc_ci95": ci, "loss": float(losses.mean()), "episodes": episodes}
 
 
-def adapt_images(images: torch.Tensor, shape: tuple[int, int, int],
-                 chunk: int = 1024) -> torch.Tensor:
-    """uint8 [N, C, H, W] of another domain -> uint8 [N, *shape] (channels, then square size)."""
-    channels, size = shape[0], shape[-1]
-    have = images.shape[1]
-    if have != channels and (have, channels) not in ((1, 3), (3, 1)):
-        raise ConfigError(f"cannot map {have}-channel images onto a model trained on "
-                          f"{channels}-channel ones: only gray <-> RGB is defined")
-    out = torch.empty((images.shape[0], channels, size, size), dtype=torch.uint8)
-    luma = torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1)
-    for s in range(0, images.shape[0], chunk):
-        x = resize_uint8(images[s : s + chunk], size)
-        if (have, channels) == (1, 3):
-            x = x.expand(-1, 3, -1, -1)
-        elif (have, channels) == (3, 1):
-            x = (x.float() * luma).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
-        out[s : s + chunk] = x
+def evaluate_split(algo: MetaLearner, samplers: Mapping[str, EpisodeSampler], split: str,
+                   episodes: int, batch_size: int, seed: int, world: World | None = None,
+                   preprocess: Preprocess | None = None,
+                   progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """`evaluate` on `samplers[split]`; or, for a multi-source run (samplers named
+    `<split>/<source>`, engine/loop.py `samplers`), on each source, under
+    `<split>/<source>/{acc,acc_ci95,loss}`, with their mean as `acc`: every source counts alike,
+    whatever its size or training weight. `acc_ci95` is then the CI of that mean (the sources'
+    episodes are independent)."""
+    sources = [k for k in samplers if k.startswith(f"{split}/")]
+    if not sources:
+        return evaluate(algo, samplers[split], episodes, batch_size, seed, world, preprocess,
+                        progress)
+    out: dict[str, float] = {}
+    for key in sources:
+        res = evaluate(algo, samplers[key], episodes, batch_size, seed, world, preprocess)
+        out.update({f"{key}/{m}": res[m] for m in ("acc", "acc_ci95", "loss")})
+    n = len(sources)
+    out.update(acc=sum(out[f"{k}/acc"] for k in sources) / n,
+               acc_ci95=math.sqrt(sum(out[f"{k}/acc_ci95"] ** 2 for k in sources)) / n,
+               loss=sum(out[f"{k}/loss"] for k in sources) / n, episodes=episodes)
     return out
 
 

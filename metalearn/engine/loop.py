@@ -26,13 +26,14 @@ from torch.nn.utils import get_total_norm
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
+from metalearn.data.multisource import MultiSourceDataset, MultiSourceSampler
 from metalearn.build import learner as build_learner
 from metalearn.config_check import validate
 from metalearn import checkpoint, io
 from metalearn.engine import distributed
 from metalearn.engine.checkpoint import TrainingState
-from metalearn.engine.evaluation import (cross_domains, cross_line, evaluate,
-                                         evaluate_domains, result_key)
+from metalearn.engine.evaluation import (cross_domains, cross_line, evaluate_domains,
+                                         evaluate_split, result_key)
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.engine.progress import Progress, log
 from metalearn.engine.run import Run, command_line, open_run
@@ -61,11 +62,21 @@ def samplers(cfg: DictConfig, data: FewShotDataset, device: torch.device,
     # Snell et al. 2017 train ProtoNets with more ways than they test with; Nichol et al. 2018
     # train Reptile on 10-shot tasks and test on 1-shot ones.
     train = {"ways": t.get("train_ways") or t.ways, "shots": t.get("train_shots") or t.shots}
-    out = {name: EpisodeSampler(split, ways or (train["ways"] if name == "train" else t.ways),
-                                shots or (train["shots"] if name == "train" else t.shots),
-                                query or t.query,
-                                data.mean, data.std, seed=cfg.seed + i, device=where)
-           for i, (name, split) in enumerate(data.splits().items())}
+    if isinstance(data, MultiSourceDataset):
+        # tasks of one source each; validation and test per source (`evaluate_split`)
+        out: dict[str, EpisodeSampler] = {"train": MultiSourceSampler(
+            data, ways or train["ways"], shots or train["shots"], query or t.query,
+            seed=cfg.seed, device=where)}
+        out.update({f"{split}/{source}": EpisodeSampler(
+            data.source_split(source, split), ways or t.ways, shots or t.shots, query or t.query,
+            data.mean, data.std, seed=cfg.seed + i, device=where)
+            for i, split in enumerate(("val", "test"), 1) for source in data.ranges})
+    else:
+        out = {name: EpisodeSampler(split, ways or (train["ways"] if name == "train" else t.ways),
+                                    shots or (train["shots"] if name == "train" else t.shots),
+                                    query or t.query,
+                                    data.mean, data.std, seed=cfg.seed + i, device=where)
+               for i, (name, split) in enumerate(data.splits().items())}
     # each rank draws its own training tasks; rank 0 keeps the single-process stream
     out["train"].generator.manual_seed(cfg.seed + (rank << 32))
     return out
@@ -288,15 +299,19 @@ def _fit(cfg: DictConfig, state: TrainingState, scheduler: Any,
             logger.log(it, {"train/loss": loss, "train/acc": acc, "train/grad_norm": grad_norm,
                             "train/lr": opt.param_groups[0]["lr"]})
         if evaluated:
-            val = evaluate(algo, sample["val"], tc.val_episodes, tc.eval_batch_size,
-                           tc.eval_seed, world, prep)
+            val = evaluate_split(algo, sample, "val", tc.val_episodes, tc.eval_batch_size,
+                                 tc.eval_seed, world, prep)
             improved = val["acc"] > state.best_val_acc and host_bad_run == 0
             if improved:
                 state.best_val_acc, state.best_iteration = val["acc"], it
+            sources = {k: v for k, v in val.items() if k.count("/") == 2}  # val/<source>/acc
             logger.log(it, {"val/acc": val["acc"], "val/acc_ci95": val["acc_ci95"],
-                            "val/loss": val["loss"], "val/best_acc": state.best_val_acc})
+                            "val/loss": val["loss"], "val/best_acc": state.best_val_acc,
+                            **sources})
             bar.validation(it, {"acc": val["acc"], "acc_ci95": val["acc_ci95"],
-                                "loss": val["loss"], "best_acc": state.best_val_acc})
+                                "loss": val["loss"], "best_acc": state.best_val_acc,
+                                **{f"{k.split('/')[1]}_acc": v for k, v in sources.items()
+                                   if k.endswith("/acc")}})
         state.iteration = it
         # never while steps are skipped, so the last good checkpoint survives
         if host_bad_run == 0 and (evaluated or stops or it % tc.checkpoint_every == 0):
@@ -315,10 +330,11 @@ def _test(cfg: DictConfig, state: TrainingState, data: FewShotDataset,
     train_time = state.elapsed()
     world.barrier()  # rank 0 has written best.pt
     algo.load_state_dict(checkpoint.load(out_dir / "best.pt", device)["model"])
-    test = evaluate(algo, sample["test"], tc.test_episodes, tc.eval_batch_size, tc.eval_seed,
-                    world, prep)
+    test = evaluate_split(algo, sample, "test", tc.test_episodes, tc.eval_batch_size,
+                          tc.eval_seed, world, prep)
+    sources = {k: v for k, v in test.items() if k.count("/") == 2}  # test/<source>/acc
     results = {"test_acc": test["acc"], "test_acc_ci95": test["acc_ci95"],
-               "test_loss": test["loss"], "test_episodes": tc.test_episodes,
+               "test_loss": test["loss"], "test_episodes": tc.test_episodes, **sources,
                "best_val_acc": state.best_val_acc, "best_iteration": state.best_iteration,
                "iterations": tc.iterations, "skipped_steps": state.skipped_steps,
                "world_size": world.size, "train_time_s": train_time,
@@ -332,7 +348,8 @@ def _test(cfg: DictConfig, state: TrainingState, data: FewShotDataset,
     results.update(cross)  # flat test/<domain>/acc keys (eval.datasets)
     for name in domains if world.is_main else ():
         log.info(cross_line(cross, result_key(split), name, refs))
-    logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"], **cross})
+    logger.log(tc.iterations, {"test/acc": test["acc"], "test/acc_ci95": test["acc_ci95"],
+                               **sources, **cross})
     logger.summary(results)
     if world.is_main:
         io.write_text(out_dir / "results.json", json.dumps(results, indent=2))
@@ -340,4 +357,7 @@ def _test(cfg: DictConfig, state: TrainingState, data: FewShotDataset,
         log.info(f"test accuracy {100 * test['acc']:.2f} ± {100 * test['acc_ci95']:.2f}% "
              f"({tc.test_episodes} episodes), best val {100 * state.best_val_acc:.2f}% at "
              f"iteration {state.best_iteration}; results in {out_dir}")
+        for key in (k[:-len("/acc")] for k in sources if k.endswith("/acc")):
+            log.info(f"{key}: {100 * sources[key + '/acc']:.2f} ± "
+                     f"{100 * sources[key + '/acc_ci95']:.2f}%")
     return results

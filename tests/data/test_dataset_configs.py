@@ -21,6 +21,10 @@ CASES = {  # config name -> (fixture writer, extra overrides, image shape)
     "cub": (fixtures.make_cub, [], (3, 84, 84)),
     "imagefolder": (fixtures.make_imagefolder, [], (3, 84, 84)),
     "huggingface": (fixtures.make_huggingface, [], (3, 84, 84)),
+    # the default image folder beside a synthetic source instead of Omniglot (real data)
+    "multisource": (fixtures.make_imagefolder, ["~dataset@dataset.sources.omniglot",
+                                                "+dataset@dataset.sources.synthetic=synthetic"],
+                    (1, 28, 28)),
 }
 # Configs that read no files of their own, tested with their loaders
 ELSEWHERE = {"omniglot": "tests/data/test_omniglot.py (the real data, from ../shared)",
@@ -81,6 +85,6 @@ def test_train_runs_two_iterations_on_each_fixture(tmp_path, monkeypatch, name):
     results = train(cfg, tmp_path / "run")
     assert results["iterations"] == 2 and 0 <= results["test_acc"] <= 1
     assert [d for d in drawn if d[0] == "train"] == [("train", (2, 5, *shape), (2, 10, *shape))] * 2
-    assert {d[0] for d in drawn} == {"train", "val", "test"}
+    assert {d[0].split()[-1] for d in drawn} == {"train", "val", "test"}  # multisource: "<source> val"
     assert all(d[1][1:] == (5, *shape) and d[2][1:] == (10, *shape) for d in drawn)
     assert trained_parameters(cfg, tmp_path / "run"), "two meta-steps changed no weight"
