@@ -34,10 +34,21 @@ EVAL_KEYS = {"split": "split", "checkpoint": "checkpoint", "episodes": "episodes
              "ways": "task.ways", "shots": "task.shots", "query": "task.query"}
 
 
+def _adapter_overrides(name: str, config: dict) -> list[str]:
+    """`adapter=<name>` and an `adapter.<key>=<value>` for each value that differs from the
+    adapter's YAML: a variant's command must reproduce it, the default's stays short."""
+    path = ROOT / "metalearn" / "configs" / "adapter" / f"{name}.yaml"
+    default = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return [f"adapter={name}",
+            *(f"adapter.{k}={json.dumps(v, separators=(',', ':'))}" for k, v in config.items()
+              if k != "_target_" and (k not in default or default[k] != v))]
+
+
 def _dataset_overrides(evaluation: dict) -> list[str]:
     """`dataset=<name>` and the dataset config's values, for a cross-domain score; the
-    test-time adapter, if one was used."""
-    adapter = [f"adapter={evaluation['adapter']}"] if evaluation.get("adapter") else []
+    test-time adapter and its changed settings, if one was used."""
+    adapter = (_adapter_overrides(evaluation["adapter"], evaluation.get("adapter_config") or {})
+               if evaluation.get("adapter") else [])
     if "dataset_config" not in evaluation:
         return adapter
     given = {k: v for k, v in evaluation["dataset_config"].items() if k != "_target_"}

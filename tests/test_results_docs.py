@@ -72,8 +72,9 @@ def test_a_rescore_becomes_the_records_test_number_with_its_command(tmp_path):
     assert "**94.90 ± 0.26%**" in section and r["evaluation"]["command"] in section
 
 
-def test_a_cross_domain_score_is_recorded_beside_its_references_and_rendered(tmp_path):
-    import record_result
+def _crossdomain_run(tmp_path, **evaluation):
+    """A run dir with one digits score in it (`evaluation` adds to or replaces its keys);
+    returns the dir and the score file's name."""
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("- experiment=e\n- hydra.run.dir=/x\n")
@@ -88,7 +89,13 @@ def test_a_cross_domain_score_is_recorded_beside_its_references_and_rendered(tmp
          "checkpoint": "best", "ways": 5, "shots": 1, "query": 5, "dataset": "digits",
          "dataset_config": {"_target_": "metalearn.data.digits.load_digits", "image_size": 28},
          "references": {"pixels": {"acc": 0.655, "acc_ci95": 0.01},
-                        "untrained": {"acc": 0.6, "acc_ci95": 0.01}}}))
+                        "untrained": {"acc": 0.6, "acc_ci95": 0.01}}, **evaluation}))
+    return run, name
+
+
+def test_a_cross_domain_score_is_recorded_beside_its_references_and_rendered(tmp_path):
+    import record_result
+    run, name = _crossdomain_run(tmp_path)
     out = tmp_path / "results"
     assert record_result.main([str(run), "--name", "m_digits", "--out", str(out),
                                "--crossdomain", name]) == 0
@@ -99,3 +106,17 @@ def test_a_cross_domain_score_is_recorded_beside_its_references_and_rendered(tmp
     section = render_results.render([], None, [r])
     assert "| **71.00 ± 0.90%** | 65.50 ± 1.00% | 60.00 ± 1.00% | +5.5 |" in section
     assert r["trained"] in section and r["command"] in section
+
+
+def test_a_cross_domain_command_names_the_adapter_settings_that_differ_from_its_yaml(tmp_path):
+    import record_result
+    config = {"_target_": "metalearn.algorithms.transductive.TransductiveFineTune",
+              "entropy_weight": 0.5, "steps": 100, "lr": 0.01, "momentum": 0.9,
+              "weight_decay": 0.001, "augment": "none", "scale": 10.0, "seed": 0}
+    run, name = _crossdomain_run(tmp_path, adapter="transductive", adapter_config=config)
+    out = tmp_path / "results"
+    assert record_result.main([str(run), "--name", "v", "--out", str(out),
+                               "--crossdomain", name]) == 0
+    command = json.loads((out / "crossdomain" / "v.json").read_text())["command"]
+    assert command.endswith(' adapter=transductive adapter.entropy_weight=0.5 '
+                            'adapter.augment="none"')

@@ -42,6 +42,8 @@ def augmented(x: torch.Tensor, how: str, g: torch.Generator, pad: int = 2) -> to
 
 
 class FineTune(MetaLearner):
+    name = "finetune"
+
     def __init__(self, learner: MetaLearner, steps: int = 100, lr: float = 0.01,
                  momentum: float = 0.9, weight_decay: float = 0.001, augment: str = "shift",
                  scale: float = 10.0, seed: int = 0) -> None:
@@ -56,12 +58,13 @@ class FineTune(MetaLearner):
         pass  # a new head per task: any number of classes
 
     def forward(self, episodes: Episodes) -> TaskMetrics:
-        raise ConfigError("adapter=finetune adapts a trained learner at test time; it does not "
-                          "meta-train (use it with metalearn-eval on a saved run)")
+        raise ConfigError(f"adapter={self.name} adapts a trained learner at test time; it does "
+                          "not meta-train (use it with metalearn-eval on a saved run)")
 
-    def _tune(self, sx: torch.Tensor, sy: torch.Tensor, g: torch.Generator
-              ) -> tuple[nn.Module, torch.Tensor]:
-        """A fine-tuned copy of the embedding and its cosine head's weights [ways, D]."""
+    def _tune(self, sx: torch.Tensor, sy: torch.Tensor, g: torch.Generator,
+              qx: torch.Tensor | None = None) -> tuple[nn.Module, torch.Tensor]:
+        """A fine-tuned copy of the embedding and its cosine head's weights [ways, D]; `qx`, the
+        task's unlabeled queries where known, goes to `_loss`."""
         net = copy.deepcopy(self.learner.embedding()).train()
         ways = int(sy.max()) + 1
         with torch.no_grad():
@@ -74,10 +77,17 @@ class FineTune(MetaLearner):
         with torch.enable_grad():
             for _ in range(self.steps):
                 logits = self._logits(net(augmented(sx, self.augment, g)), weight)
+                loss = self._loss(logits, sy, net, weight, qx)
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(logits, sy).backward()
+                loss.backward()
                 opt.step()
         return net, weight.detach()
+
+    def _loss(self, logits: torch.Tensor, sy: torch.Tensor, net: nn.Module,
+              weight: torch.Tensor, qx: torch.Tensor | None) -> torch.Tensor:
+        """One step's objective from the support logits; the queries are unused here (a
+        transductive adapter adds a term on them, algorithms/transductive.py)."""
+        return F.cross_entropy(logits, sy)
 
     def _logits(self, z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.scale * F.normalize(z, dim=-1) @ F.normalize(weight, dim=-1).t()
@@ -86,7 +96,8 @@ class FineTune(MetaLearner):
         g = torch.Generator().manual_seed(self.seed)
         losses, accs = [], []
         for t in range(len(episodes)):
-            net, weight = self._tune(episodes.support_x[t], episodes.support_y[t], g)
+            net, weight = self._tune(episodes.support_x[t], episodes.support_y[t], g,
+                                     episodes.query_x[t])
             with torch.no_grad():  # queries with their own batch statistics, as MAML's test
                 logits = self._logits(net(episodes.query_x[t]), weight)
             losses.append(F.cross_entropy(logits, episodes.query_y[t]))
