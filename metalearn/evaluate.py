@@ -69,10 +69,11 @@ class Progress:
             log.info(f"episodes {done}/{self.total} ({spent:.0f} s, ~{left:.0f} s left)")
 
 
-def dataset_tag(name: str, dataset: DictConfig) -> str:
-    """`name` and a short hash of the whole dataset config: two image folders under one
-    dataset name write two result files instead of one overwriting the other."""
-    cfg = OmegaConf.to_container(dataset, resolve=True)
+def config_tag(name: str, node: DictConfig) -> str:
+    """`name` and a short hash of the whole config node: two image folders under one dataset
+    name, or two settings of one adapter, write two result files instead of one overwriting
+    the other."""
+    cfg = OmegaConf.to_container(node, resolve=True)
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
     return f"{name}-{digest[:8]}"
 
@@ -131,12 +132,12 @@ def evaluate_run(ecfg: DictConfig, dataset_name: str | None = None,
                                for r in refs}
         if refs:
             log.info(cross_line(found, result_key(split), name, refs))
-        tag = f"{split}-{dataset_tag(name, ecfg.dataset)}"
+        tag = f"{split}-{config_tag(name, ecfg.dataset)}"
         extra["dataset_config"] = OmegaConf.to_container(ecfg.dataset, resolve=True)
     else:
         res = score(cfg, data, algo, split, episodes, ways, shots, query, device, progress)
     if adapter is not None:
-        tag += f"-{adapter_name or 'adapter'}"
+        tag += f"-{config_tag(adapter_name or 'adapter', adapter)}"
         extra["adapter"] = adapter_name or "adapter"
         extra["adapter_config"] = OmegaConf.to_container(adapter, resolve=True)
     extra.update({k: v for k, v in res.items() if k.count("/") == 2})  # test/<source>/acc

@@ -80,5 +80,5 @@ def test_the_evaluation_app_fine_tunes_a_saved_run_and_its_untrained_reference(t
     # the pixels reference is no network: the same either way; the untrained one is tuned too
     assert tuned["references"]["pixels"] == plain["references"]["pixels"]
     assert tuned["references"]["untrained"] != plain["references"]["untrained"]
-    assert len(list(tmp_path.glob("eval-all-synthetic-*-finetune-5w1s3q-4ep-best.json"))) == 1
+    assert len(list(tmp_path.glob("eval-all-synthetic-*-finetune-*-5w1s3q-4ep-best.json"))) == 1
     assert len(list(tmp_path.glob("eval-all-synthetic-*-5w1s3q-4ep-best.json"))) == 2

@@ -69,4 +69,7 @@ def test_the_evaluation_app_runs_it_on_a_saved_run(tmp_path):
     assert trans["loss"] != plain["loss"]
     assert trans["references"]["untrained"] != plain["references"]["untrained"]
     assert trans["references"]["pixels"] == plain["references"]["pixels"]
-    assert len(list(tmp_path.glob("eval-all-synthetic-*-transductive-5w1s3q-4ep-best.json"))) == 1
+    assert len(list(tmp_path.glob("eval-all-synthetic-*-transductive-*-5w1s3q-4ep-best.json"))) == 1
+    # another setting of the same adapter is another file, not the first one overwritten
+    script.run([*args[:4], "adapter=transductive", "adapter.steps=3"])
+    assert len(list(tmp_path.glob("eval-all-synthetic-*-transductive-*-5w1s3q-4ep-best.json"))) == 2
