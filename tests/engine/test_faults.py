@@ -430,11 +430,11 @@ def test_ctrl_c_saves_the_iteration_and_resumes_identically(tmp_path, monkeypatc
 
 def test_a_signal_during_the_final_test_stops_at_once_with_everything_saved(
         tmp_path, monkeypatch, straight):
-    import metalearn.engine.loop as loop
+    import metalearn.engine.evaluation as evaluation
 
     run = tmp_path / "run"
     base = [*FAST, "trainer.checkpoint_every=1"]
-    real = loop.evaluate
+    real = evaluation.evaluate
 
     def evaluate(algo, sampler, episodes, *a, **kw):
         if episodes == 6:  # trainer.test_episodes: the final test
@@ -442,7 +442,7 @@ def test_a_signal_during_the_final_test_stops_at_once_with_everything_saved(
         return real(algo, sampler, episodes, *a, **kw)
 
     with monkeypatch.context() as m:
-        m.setattr(loop, "evaluate", evaluate)
+        m.setattr(evaluation, "evaluate", evaluate)
         with pytest.raises(Preempted) as e:
             train(compose_cfg(*base), run)
     assert e.value.saved and "stopped after iteration 4" in str(e.value)
