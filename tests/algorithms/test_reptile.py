@@ -85,6 +85,11 @@ def test_inner_adam_differs_from_sgd():
         Reptile(Conv4(1, 12), ways=3, inner_optimizer="rmsprop")
 
 
+def test_the_compiled_engine_is_refused_rather_than_silently_not_compiling():
+    with pytest.raises(ConfigError, match="algo.engine=compiled is the MAML family's"):
+        Reptile(Conv4(1, 12), ways=3, engine="compiled")
+
+
 def test_an_impossible_inner_batch_is_one_config_error_before_any_work():
     from metalearn.config_check import validate
     from tests.conftest import compose_cfg
