@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from metalearn.data.base import SPLITS, FewShotDataset, ImageSplit
 from metalearn.data.episodes import EpisodeSampler
-from metalearn.data.readers import adapt_images
+from metalearn.data.readers import adapt_images, channel_stats
 from metalearn.errors import ConfigError
 
 Range = tuple[int, int, int, int]  # first class, end class, first image, end image
@@ -138,16 +138,10 @@ def _weights(names: list[str], weights: dict[str, float] | None) -> dict[str, fl
     return {n: w / total for n, w in raw.items()}
 
 
-def _moments(images: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def _moments(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and mean square of uint8 images, in [0, 1] units (float64)."""
-    s1 = torch.zeros(images.shape[1], dtype=torch.float64)
-    s2 = torch.zeros_like(s1)
-    for s in range(0, images.shape[0], chunk):
-        x = images[s : s + chunk].to(torch.float64).div_(255)
-        s1 += x.sum((0, 2, 3))
-        s2 += x.square_().sum((0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
-    return s1 / n, s2 / n
+    mean, std = (torch.tensor(v, dtype=torch.float64) for v in channel_stats(images))
+    return mean, std.square() + mean.square()
 
 
 def _pooled(moments: list[tuple[torch.Tensor, torch.Tensor]], probs: list[float]
