@@ -37,7 +37,7 @@ from metalearn.algorithms.base import MetaLearner
 from metalearn.algorithms.protonet import ProtoNet
 from metalearn.data.base import FewShotDataset, ImageSplit
 from metalearn.data.episodes import EpisodeSampler, Preprocess
-from metalearn.data.readers import adapt_images  # noqa: F401  (re-exported: the cross-domain mapping)
+from metalearn.data.readers import adapt_images
 from metalearn.engine.distributed import World
 from metalearn.errors import ConfigError
 

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from metalearn import evaluate as script
-from metalearn.engine.evaluation import adapt_images, cross_domains
+from metalearn.data.readers import adapt_images
+from metalearn.engine.evaluation import cross_domains
 from metalearn.engine.loop import train
 from metalearn.errors import ConfigError
 from tests.conftest import FAST, ROOT, compose_cfg
