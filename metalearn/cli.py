@@ -27,9 +27,10 @@ EXIT_DIR_ENV = "METALEARN_EXIT_DIR"
 
 def report(e: BaseException) -> int | None:
     """Print `e` as one line and return the exit code, or None for a bug (traceback)."""
-    if isinstance(e, Preempted):
-        say(f"preempted: {e}")
-        return PREEMPTED_EXIT_CODE if e.saved else 128 + e.signum
+    stop = _preempted(e)
+    if stop is not None:
+        say(f"preempted: {stop}")
+        return PREEMPTED_EXIT_CODE if stop.saved else 128 + stop.signum
     if isinstance(e, ConfigCompositionException) and isinstance(e.__cause__, OmegaConfBaseException):
         say(f"error: {_unknown_key(e)}")
         return 2
@@ -54,6 +55,14 @@ def report(e: BaseException) -> int | None:
         return None
     say(f"error: {err}")
     return err.exit_code
+
+
+def _preempted(e: BaseException | None) -> Preempted | None:
+    """The stop behind `e`: a signal handler raises wherever the signal lands, also inside a
+    library that wraps what it catches (OmegaConf's `_get_impl` during start-up)."""
+    while e is not None and not isinstance(e, Preempted):
+        e = e.__cause__ or e.__context__
+    return e
 
 
 def _parse_error(e: BaseException) -> str | None:

@@ -178,6 +178,21 @@ def test_sigterm_during_start_up_is_one_line_and_exit_143(tmp_path):
     assert not (run / "last.pt").exists()
 
 
+def test_a_stop_a_library_wrapped_is_still_one_line_and_its_exit_code(capsys):
+    from omegaconf.errors import ConfigKeyError
+
+    from metalearn.cli import report
+
+    try:  # a SIGTERM landing inside OmegaConf, which re-raises what it catches as its own
+        try:
+            raise Preempted(signal.SIGTERM, 0, "", None)
+        except Preempted as stop:
+            raise ConfigKeyError("wrapped") from stop
+    except ConfigKeyError as e:
+        assert report(e) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.startswith("preempted: received SIGTERM during start-up")
+
+
 def test_a_full_disk_under_hydras_own_writes_names_no_none():
     from metalearn.io import disk_error
     err = disk_error(OSError(errno.ENOSPC, "No space left on device"), None)  # no filename
