@@ -104,6 +104,16 @@ class FewShotDataset:
                 "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std],
                 "train_classes": self.train.num_classes}
 
+    def samplers(self, train: tuple[int, int], test: tuple[int, int], query: int, seed: int,
+                 device: torch.device | str = "cpu") -> dict[str, Any]:
+        """The episode samplers a run draws from: "train" with `train` (ways, shots), and the
+        ones `evaluate_split` scores with `test` (ways, shots), "val" and "test" here (a
+        dataset that scores parts of a split names them "val/<part>"); seeded seed, seed+1, ..."""
+        from metalearn.data.episodes import EpisodeSampler  # episodes imports this module
+        return {name: EpisodeSampler(split, *(train if name == "train" else test), query,
+                                     self.mean, self.std, seed=seed + i, device=device)
+                for i, (name, split) in enumerate(self.splits().items())}
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return self.train.image_shape

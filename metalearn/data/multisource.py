@@ -53,6 +53,18 @@ class MultiSourceDataset(FewShotDataset):
         return ImageSplit(part.images[a:b], part.labels[a:b] - lo, part.class_names[lo:hi],
                           f"{source} {split}")
 
+    def samplers(self, train: tuple[int, int], test: tuple[int, int], query: int, seed: int,
+                 device: torch.device | str = "cpu") -> dict[str, Any]:
+        """Training tasks of one source each (`MultiSourceSampler`); validation and test per
+        source, "val/<source>" and "test/<source>"."""
+        out: dict[str, EpisodeSampler] = {"train": MultiSourceSampler(
+            self, *train, query, seed=seed, device=device)}
+        out.update({f"{split}/{source}": EpisodeSampler(
+            self.source_split(source, split), *test, query, self.mean, self.std,
+            seed=seed + i, device=device)
+            for i, split in enumerate(("val", "test"), 1) for source in self.ranges})
+        return out
+
     def preprocessing(self) -> dict[str, Any]:
         out = super().preprocessing()
         out["sources"] = list(self.ranges)

@@ -26,7 +26,6 @@ from torch.nn.utils import get_total_norm
 from metalearn.algorithms.base import MetaLearner
 from metalearn.data.base import FewShotDataset
 from metalearn.data.episodes import Episodes, EpisodeSampler, Preprocess
-from metalearn.data.multisource import MultiSourceDataset, MultiSourceSampler
 from metalearn.build import learner as build_learner
 from metalearn.config_check import validate
 from metalearn import checkpoint, io
@@ -62,21 +61,8 @@ def samplers(cfg: DictConfig, data: FewShotDataset, device: torch.device,
     # Snell et al. 2017 train ProtoNets with more ways than they test with; Nichol et al. 2018
     # train Reptile on 10-shot tasks and test on 1-shot ones.
     train = {"ways": t.get("train_ways") or t.ways, "shots": t.get("train_shots") or t.shots}
-    if isinstance(data, MultiSourceDataset):
-        # tasks of one source each; validation and test per source (`evaluate_split`)
-        out: dict[str, EpisodeSampler] = {"train": MultiSourceSampler(
-            data, ways or train["ways"], shots or train["shots"], query or t.query,
-            seed=cfg.seed, device=where)}
-        out.update({f"{split}/{source}": EpisodeSampler(
-            data.source_split(source, split), ways or t.ways, shots or t.shots, query or t.query,
-            data.mean, data.std, seed=cfg.seed + i, device=where)
-            for i, split in enumerate(("val", "test"), 1) for source in data.ranges})
-    else:
-        out = {name: EpisodeSampler(split, ways or (train["ways"] if name == "train" else t.ways),
-                                    shots or (train["shots"] if name == "train" else t.shots),
-                                    query or t.query,
-                                    data.mean, data.std, seed=cfg.seed + i, device=where)
-               for i, (name, split) in enumerate(data.splits().items())}
+    out = data.samplers((ways or train["ways"], shots or train["shots"]),
+                        (ways or t.ways, shots or t.shots), query or t.query, cfg.seed, where)
     # each rank draws its own training tasks; rank 0 keeps the single-process stream
     out["train"].generator.manual_seed(cfg.seed + (rank << 32))
     return out
