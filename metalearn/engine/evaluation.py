@@ -94,7 +94,7 @@ def evaluate_split(algo: MetaLearner, samplers: Mapping[str, EpisodeSampler], sp
                    preprocess: Preprocess | None = None,
                    progress: Callable[[int], None] | None = None) -> dict[str, float]:
     """`evaluate` on `samplers[split]`; or, for a multi-source run (samplers named
-    `<split>/<source>`, engine/loop.py `samplers`), on each source, under
+    `<split>/<source>`, `MultiSourceDataset.samplers`), on each source, under
     `<split>/<source>/{acc,acc_ci95,loss}`, with their mean as `acc`: every source counts alike,
     whatever its size or training weight. `acc_ci95` is then the CI of that mean (the sources'
     episodes are independent)."""
@@ -156,6 +156,17 @@ def cross_domains(cfg: DictConfig, datasets: Any = None) -> dict[str, DictConfig
         root.dataset = node
         out[str(name)] = OmegaConf.create(OmegaConf.to_container(root.dataset, resolve=True))
     return out
+
+
+def check_domains(cfg: DictConfig) -> None:
+    """A training run's `eval.datasets`, checked before it trains: each resolves, and none is
+    named like a source of a multi-source run (both would write test/<name>/acc)."""
+    sources = OmegaConf.select(cfg, "dataset.sources", default=None) or {}
+    for name in cross_domains(cfg):
+        if name in sources:
+            raise ConfigError(f"eval.datasets: {name!r} is also a source of this multi-source "
+                              f"run, and both would write test/{name}/acc: give the domain "
+                              f"another name, 'eval.datasets={{{name}_target: {{_target_: ...}}}}'")
 
 
 class Pixels(nn.Module):

@@ -31,8 +31,8 @@ from metalearn.config_check import validate
 from metalearn import checkpoint, io
 from metalearn.engine import distributed
 from metalearn.engine.checkpoint import TrainingState
-from metalearn.engine.evaluation import (cross_domains, cross_line, evaluate_domains,
-                                         evaluate_split, result_key)
+from metalearn.engine.evaluation import (check_domains, cross_domains, cross_line,
+                                         evaluate_domains, evaluate_split, result_key)
 from metalearn.engine.preemption import PREEMPTED_EXIT_CODE, Preempted, StopSignals
 from metalearn.engine.progress import Progress, log
 from metalearn.engine.run import Run, command_line, open_run
@@ -149,6 +149,7 @@ def train(cfg: DictConfig, out_dir: Path, overrides: list[str] | None = None) ->
     if overrides is None:
         overrides = command_line(Path(out_dir))
     validate(cfg)  # every value checked before any work (docs/faults.md)
+    check_domains(cfg)  # a wrong eval.datasets fails now, not after the training it follows
     code_commit()  # now, not when results.json is written
     threads.apply(cfg.get("threads", "auto"))
     # a world of one unless under torchrun

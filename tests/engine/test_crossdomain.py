@@ -8,7 +8,7 @@ from PIL import Image
 
 from metalearn import evaluate as script
 from metalearn.data.readers import adapt_images
-from metalearn.engine.evaluation import cross_domains
+from metalearn.engine.evaluation import check_domains, cross_domains
 from metalearn.engine.loop import train
 from metalearn.errors import ConfigError
 from tests.conftest import FAST, ROOT, compose_cfg
@@ -41,6 +41,21 @@ def test_domains_resolve_by_name_with_overrides_or_as_full_configs():
     assert list(cross_domains(compose_cfg(*FAST, "eval.datasets=[cub,synthetic]"))) == ["cub", "synthetic"]
     with pytest.raises(ConfigError, match="no dataset config named 'nope'"):
         cross_domains(cfg, ["nope"])
+
+
+def test_a_wrong_domain_fails_before_training_not_after(tmp_path):
+    with pytest.raises(ConfigError, match="no dataset config named 'digts'"):
+        train(compose_cfg(*FAST, "eval.datasets=[digts]"), tmp_path)
+    assert not (tmp_path / "last.pt").exists() and not (tmp_path / "config.yaml").exists()
+
+
+def test_a_domain_named_like_a_multisource_source_is_refused():
+    cfg = compose_cfg("dataset=multisource", "eval.datasets=[omniglot]")
+    with pytest.raises(ConfigError, match="'omniglot' is also a source of this multi-source run"):
+        check_domains(cfg)
+    check_domains(compose_cfg("dataset=multisource", "eval.datasets={lake:{_target_: x}}"))
+    # the evaluation app scores one domain at a time: a source's name is no clash there
+    assert list(cross_domains(cfg, ["omniglot"])) == ["omniglot"]
 
 
 @pytest.mark.parametrize("train_on, other, other_shape", [
