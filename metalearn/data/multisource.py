@@ -181,6 +181,8 @@ class MultiSourceSampler(EpisodeSampler):
         super().__init__(data.train, ways, shots, query, data.mean, data.std, seed, device)
         self.bounds = torch.tensor([r["train"][:2] for r in data.ranges.values()],
                                    device=self.device)
+        self.image_bounds = torch.tensor([r["train"][2:] for r in data.ranges.values()],
+                                         device=self.device)
         w = torch.tensor(list(data.weights.values()), dtype=torch.float64)
         cdf = w.cumsum(0) / w.sum()
         # above every uniform draw from the last source that can be drawn on: float round-off
@@ -192,6 +194,14 @@ class MultiSourceSampler(EpisodeSampler):
         """The source index (in `ranges` order) of each of `batch_size` tasks."""
         u = torch.rand(batch_size, generator=self.generator, device=self.device)
         return torch.searchsorted(self.cdf, u, right=True)
+
+    def sample_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n labelled images for pre-training learners (Baseline): each image's source drawn
+        with the weights, as a task's is, then an image uniformly among that source's."""
+        lo, hi = self.image_bounds[self.sources(n)].unbind(-1)
+        u = torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)
+        index = lo + (u * (hi - lo)).long()
+        return self.split.images.index_select(0, index), self.split.labels[index]
 
     def classes(self, batch_size: int) -> torch.Tensor:
         lo, hi = self.bounds[self.sources(batch_size)].unbind(-1)

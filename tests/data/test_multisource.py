@@ -75,6 +75,22 @@ def test_tasks_follow_the_weights_and_never_mix_sources():
     assert all(len(set(row.tolist())) == 5 for row in support[:200])
 
 
+def test_pre_training_images_follow_the_weights_too():
+    """Baseline's plain labelled batches (sample_images) come from the sources by weight."""
+    data = load_multisource({"a": flat(10, per_class=2), "b": flat(100, per_class=9),
+                             "never": flat(200)}, weights={"a": 3, "b": 1, "never": 0},
+                            image_size=8)
+    images, labels = MultiSourceSampler(data, ways=5, shots=1, query=1).sample_images(8000)
+    value = images.flatten(1)[:, 0].int()
+    source = value // 50
+    assert torch.bincount(source, minlength=5)[4] == 0
+    assert (source == 0).float().mean() == pytest.approx(0.75, abs=0.02)  # 3:1, not 16:72 images
+    assert set(value[source == 2].tolist()) == set(range(100, 108))  # every image of b drawn
+    # the labels are the images' own (pixel value = source offset + class)
+    offset = torch.where(source == 0, 10, 100 - 8)
+    assert torch.equal(labels, value - offset)
+
+
 def run_cfg(*extra):
     sources = ["dataset=multisource", "~dataset@dataset.sources.omniglot",
                "~dataset@dataset.sources.imagefolder", "+dataset@dataset.sources.syn=synthetic",
