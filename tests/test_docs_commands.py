@@ -215,7 +215,8 @@ def test_documented_script_answers_help(program):
 
 
 @pytest.mark.parametrize("group, row", [("algorithm", "`algorithm=`"), ("scheduler", "`scheduler=`"),
-                                        ("experiment", "`experiment=`")])
+                                        ("experiment", "`experiment=`"), ("backbone", "`backbone=`"),
+                                        ("dataset", "`dataset=`")])
 def test_the_readme_option_table_names_every_shipped_choice(group, row):
     """A new algorithm, schedule or preset YAML shows up in README's table, or this fails."""
     line = next(l for l in (ROOT / "README.md").read_text().splitlines() if l.startswith(f"| {row}"))
