@@ -65,14 +65,13 @@ class FineTune(MetaLearner):
               qx: torch.Tensor | None = None) -> tuple[nn.Module, torch.Tensor]:
         """A fine-tuned copy of the embedding and its cosine head's weights [ways, D]; `qx`, the
         task's unlabeled queries where known, goes to `_loss`."""
-        # the head starts from clean features; the steps run in training mode, so training-only
-        # layers (dropout, FWT's noise) act on them as they did in training
+        # eval mode throughout, as every learner adapts at test time: batch-statistics BN is the
+        # same in both modes, and training-only layers (dropout, FWT's noise) stay off
         net = copy.deepcopy(self.learner.embedding()).eval()
         ways = int(sy.max()) + 1
         with torch.no_grad():
             z = F.normalize(net(sx), dim=-1)
             weight = torch.stack([z[sy == c].mean(0) for c in range(ways)])
-        net.train()
         weight = nn.Parameter(weight)
         params = [*net.parameters(), weight]
         opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
@@ -101,7 +100,6 @@ class FineTune(MetaLearner):
         for t in range(len(episodes)):
             net, weight = self._tune(episodes.support_x[t], episodes.support_y[t], g,
                                      episodes.query_x[t])
-            net.eval()
             with torch.no_grad():  # queries with their own batch statistics, as MAML's test
                 logits = self._logits(net(episodes.query_x[t]), weight)
             losses.append(F.cross_entropy(logits, episodes.query_y[t]))
@@ -110,7 +108,6 @@ class FineTune(MetaLearner):
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Classifier:
         net, weight = self._tune(support_x, support_y, torch.Generator().manual_seed(self.seed))
-        net.eval()
         stats: list = []
         with torch.no_grad(), batch_stats(stats, "record"):
             net(support_x)

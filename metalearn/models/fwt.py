@@ -9,10 +9,9 @@ identity, so a trained run is evaluated, fine-tuned or used for prediction like 
 
 This is the paper's hand-tuned variant ("FT", theta_gamma = 0.3, theta_beta = 0.5); its
 learned variant tunes the thetas on a held-out source domain and needs several training
-domains. The noise follows `training` as dropout does, so test-time fine-tuning (which tunes in
-training mode, adapter=finetune) sees it too and the queries are predicted without it.
-Under the batched engine each task of a meta-batch draws its own noise (vmap's
-randomness="different").
+domains. As in the paper the noise is for meta-training only: every test-time adaptation here
+(the learner's own, adapter=finetune, adapter=tsa) runs in eval mode. Under the batched engine
+each task of a meta-batch draws its own noise (vmap's randomness="different").
 """
 from __future__ import annotations
 

@@ -69,15 +69,16 @@ def test_a_backbone_without_batchnorm_is_refused():
         FWT(1, 12, no_bn)
 
 
-def test_a_fine_tuned_copy_predicts_without_the_noise():
-    """FineTune tunes in training mode (FWT's noise on, as dropout) and predicts in eval mode: with
-    no tuning steps the scores cannot depend on the random stream."""
+def test_test_time_fine_tuning_runs_without_the_noise():
+    """FineTune adapts in eval mode, as every learner does at test time: its scores cannot
+    depend on the global random stream the noise draws from."""
     torch.manual_seed(0)
     base = build.learner(compose_cfg("dataset=synthetic", "dataset.image_size=12", "backbone=fwt",
                                      "backbone.inner.hidden=8", "algorithm=protonet"), 1, 12, 64)
-    ep = episodes()
-    scores = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        scores.append(FineTune(base, steps=0).evaluate(ep).loss)
-    assert torch.equal(*scores)
+    ep = episodes(n=2)
+    for steps in (0, 3):
+        scores = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            scores.append(FineTune(base, steps=steps, augment="none").evaluate(ep).loss)
+        assert torch.equal(*scores)
