@@ -26,6 +26,11 @@ from metalearn.models.norm import batch_stats
 AUGMENTS = ("none", "shift", "shift_flip")
 
 
+def class_means(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
+    """[ways, D]: the mean of the rows of `z` of each label 0..ways-1."""
+    return torch.stack([z[y == c].mean(0) for c in range(ways)])
+
+
 def augmented(x: torch.Tensor, how: str, g: torch.Generator, pad: int = 2) -> torch.Tensor:
     """`x` [N, C, H, W] shifted by up to `pad` pixels (zero padding), each image its own shift;
     flipped left-right at random with `shift_flip`."""
@@ -71,7 +76,7 @@ class FineTune(MetaLearner):
         ways = int(sy.max()) + 1
         with torch.no_grad():
             z = F.normalize(net(sx), dim=-1)
-            weight = torch.stack([z[sy == c].mean(0) for c in range(ways)])
+            weight = class_means(z, sy, ways)
         weight = nn.Parameter(weight)
         params = [*net.parameters(), weight]
         opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,

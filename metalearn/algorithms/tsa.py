@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalearn.algorithms.base import MetaLearner
-from metalearn.algorithms.finetune import FineTune
+from metalearn.algorithms.finetune import FineTune, class_means
 from metalearn.errors import ConfigError
 
 
@@ -102,13 +102,9 @@ class TaskSpecificAdapters(FineTune):
         with torch.enable_grad():
             for _ in range(self.steps):
                 z = net(sx)
-                loss = F.cross_entropy(self._logits(z, self._means(z, sy, ways)), sy)
+                loss = F.cross_entropy(self._logits(z, class_means(z, sy, ways)), sy)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
         with torch.no_grad():
-            return net, self._means(net(sx), sy, ways)
-
-    @staticmethod
-    def _means(z: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
-        return torch.stack([z[y == c].mean(0) for c in range(ways)])
+            return net, class_means(net(sx), sy, ways)
